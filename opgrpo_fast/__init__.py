@@ -1,0 +1,1 @@
+"""opgrpo_fast: kernel-accelerated OP-GRPO."""
