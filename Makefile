@@ -1,0 +1,35 @@
+# Two set-up commands (README): `make demo` and `make test`. Both create .venv and install.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# The CPU wheel that pip finds locally here; a looser pin pulls a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench gpu-check clean
+
+$(STAMP): pyproject.toml CMakeLists.txt $(wildcard csrc/*)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m opgrpo_fast.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Kernel + end-to-end benchmarks (not part of make test); JSON under bench/results/.
+bench: $(STAMP)
+	$(PY) -m pytest bench -q --benchmark-only --benchmark-json=bench/results/benchmarks.json
+
+# On a CUDA machine only: build with CUDA, GPU tests, op benchmarks → one JSON report.
+gpu-check:
+	bash bench/gpu_check.sh
+
+clean:
+	rm -rf build $(VENV) .pytest_cache .benchmarks
