@@ -32,19 +32,29 @@ def pytest_sessionfinish(session, exitstatus):
     report = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.processor() or platform.machine(),
               "cpus": os.cpu_count(), "groups": {}}
     lines = []
+    def stat(b, name):  # pytest-benchmark 5.3 exposes stats on b.stats; older releases on b.stats.stats
+        st = b.stats
+        return getattr(st, name) if hasattr(st, name) else getattr(st.stats, name)
+
     for group, members in groups.items():
         base = next((b for b in members if b.extra_info.get("role") == "baseline"), None)
         entries = {}
         for b in members:
-            mean = b.stats.stats.mean
-            entry = {"mean_s": mean, "rounds": b.stats.stats.rounds, **b.extra_info}
+            mean = stat(b, 'mean')
+            entry = {"mean_s": mean, "rounds": stat(b, "rounds"), **b.extra_info}
             if base is not None and b is not base:
-                entry["speedup_vs_baseline"] = base.stats.stats.mean / mean
+                entry["speedup_vs_baseline"] = stat(base, 'mean') / mean
                 lines.append(f"{group:>40s}  {b.name:<55s} {entry['speedup_vs_baseline']:8.2f}x vs {base.name}")
             entries[b.name] = entry
         report["groups"][group] = entries
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ratios.json").write_text(json.dumps(report, indent=2, default=str))
+    out = RESULTS / "ratios.json"
+    if out.exists():  # keep groups from earlier partial runs (one bench file at a time)
+        try:
+            report["groups"] = {**json.loads(out.read_text()).get("groups", {}), **report["groups"]}
+        except (ValueError, AttributeError):
+            pass
+    out.write_text(json.dumps(report, indent=2, default=str))
     tr = session.config.pluginmanager.getplugin("terminalreporter")
     if tr is not None and lines:
         tr.write_sep("=", "speed-ups (one run)")

@@ -1,0 +1,84 @@
+"""pairwise_cosine on a rollout-sized ragged batch: N = 640 completions, R in 3..8 references and
+C in 2..12 candidate segments each, D = 384 float32 (MiniLM embeddings).
+
+Group ``pairwise_cosine``: the baseline is the published code's per-completion style (normalise,
+R x C matmul to numpy, a second C x C matmul and the Python double loop for redundancy); then the
+per-completion reference, the vectorised CPU path, the public op (validation + dispatch), and the
+Triton kernel when CUDA is available.
+
+Run: ``python -m pytest bench/bench_similarity.py --benchmark-only -q -p no:cacheprovider``
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from opgrpo_fast import ops
+from opgrpo_fast.kernels.similarity import pairwise_cosine_reference, pairwise_cosine_triton
+from opgrpo_fast.ops.similarity import pairwise_cosine_vectorised
+from opgrpo_fast.published import redundant_count
+
+N, D, THR = 640, 384, 0.78
+CUDA = torch.cuda.is_available()
+
+
+def make_batch(device="cpu"):
+    g = torch.Generator().manual_seed(0)
+    n_ref = torch.randint(3, 9, (N,), generator=g)
+    n_cand = torch.randint(2, 13, (N,), generator=g)
+    topics = torch.randn(16, D, generator=g)  # segments share topics, so some are redundant
+    cand = topics[torch.randint(0, 16, (int(n_cand.sum()),), generator=g)] + 0.6 * torch.randn(
+        int(n_cand.sum()), D, generator=g)
+    ref = torch.randn(int(n_ref.sum()), D, generator=g)
+    off = lambda n: torch.cat([torch.zeros(1, dtype=torch.long), n.cumsum(0)])  # noqa: E731
+    return tuple(t.to(device) for t in (cand, off(n_cand), ref, off(n_ref)))
+
+
+def published_style(cand, co, ref, ro, thr=THR):
+    """Per completion, as opgrpo_fast.published does it: normalise each pair of sets, matmul, go to
+    numpy, Python double loop for the sequential redundancy rule."""
+    def cos(a, b):
+        return (F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T).numpy()
+    co, ro = co.tolist(), ro.tolist()
+    sims, n_red = [], []
+    for i in range(len(co) - 1):
+        c, r = cand[co[i]:co[i + 1]], ref[ro[i]:ro[i + 1]]
+        sims.append(cos(r, c))
+        n_red.append(redundant_count(cos(c, c), thr))
+    return sims, n_red
+
+
+def public_op(*args):
+    with ops.use_backend("auto"):
+        return ops.pairwise_cosine(*args)
+
+
+def cuda_synced(fn):
+    def run(*args):
+        out = fn(*args)
+        torch.cuda.synchronize()
+        return out
+    return run
+
+
+CASES = {  # name: (function, device, role)
+    "baseline_published_loop": (published_style, "cpu", "baseline"),
+    "reference_per_completion": (pairwise_cosine_reference, "cpu", "reference"),
+    "vectorised_cpu": (pairwise_cosine_vectorised, "cpu", "vectorised"),
+    "public_op_cpu": (public_op, "cpu", "public op (validation + dispatch)"),
+    "triton_cuda": (cuda_synced(pairwise_cosine_triton), "cuda", "triton"),
+}
+
+
+@pytest.mark.benchmark(group="pairwise_cosine")
+@pytest.mark.parametrize("name", list(CASES))
+def test_pairwise_cosine(benchmark, name):
+    fn, device, role = CASES[name]
+    if device == "cuda" and not CUDA:
+        pytest.skip("Triton benchmark needs CUDA")
+    args = make_batch(device)
+    benchmark.extra_info.update(role=role, device=device, N=N, D=D, dtype="float32",
+                                segments=int(args[0].shape[0] + args[2].shape[0]))
+    out = benchmark(fn, *args)
+    if name != "baseline_published_loop":  # every member computes the same counts
+        want = published_style(*(t.cpu() for t in args))[1]
+        assert out[2].cpu().tolist() == want
