@@ -3,7 +3,12 @@ completions in groups of G = 10, K = 4 reward components (coverage, format, tag,
 
 Group ``fused_reward_advantages``: the baseline is a per-group Python/numpy loop (weighted total,
 clamp, mean, unbiased std per group); then the per-group PyTorch reference, the vectorised CPU path,
-the public op (validation + dispatch), and the Triton kernel when CUDA is available.
+the public op (validation + dispatch), and the Triton kernel when CUDA is available. Group
+``fused_reward_advantages_cuda_large`` (CUDA only): the Triton kernel and the public op on the batch
+tiled ``LARGE_TILE`` times (2.6 M rows, ~63 MB), where the kernel is bandwidth- rather than launch-bound.
+
+Every member records ``extra_info["bytes"]``: the bytes the op must read (components, weights) and
+write (total, advantages, float32) for its input; ``bench/gpu_report.py`` turns it into GB/s.
 
 Run: ``python -m pytest bench/bench_advantages.py --benchmark-only -q -p no:cacheprovider``
 """
@@ -16,17 +21,24 @@ from opgrpo_fast.kernels.advantages import fused_advantages_reference, fused_adv
 from opgrpo_fast.ops.advantages import fused_advantages_vectorised
 
 N, G, K, EPS = 10240, 10, 4, 1e-6
+LARGE_TILE = 256
 WEIGHTS = [1.0, 0.5, 1.0, 0.5]
 CUDA = torch.cuda.is_available()
 
 
-def make_batch(device="cpu"):
+def make_batch(device="cpu", tile=1):
+    """(components (N * tile, K), weights (K,)); ``tile`` > 1 repeats the N rows (whole groups)."""
     g = torch.Generator().manual_seed(0)
     comps = torch.stack([torch.randint(0, 4, (N,), generator=g).float(),  # bucketed coverage
                          torch.rand(N, generator=g),  # format score
                          -2.0 * (torch.rand(N, generator=g) < 0.1).float(),  # tag penalty
                          torch.rand(N, generator=g)], dim=1)  # uniqueness
-    return comps.to(device), torch.tensor(WEIGHTS, device=device)
+    return comps.repeat(tile, 1).to(device), torch.tensor(WEIGHTS, device=device)
+
+
+def op_bytes(comps, weights) -> int:
+    """Compulsory traffic of one call: read components and weights, write total and advantages (float32)."""
+    return comps.numel() * comps.element_size() + weights.numel() * 4 + 2 * comps.shape[0] * 4
 
 
 def per_group_numpy(comps, weights, group_size=G, scale="group", eps=EPS, clamp_min=0.0):
@@ -70,7 +82,26 @@ def test_fused_reward_advantages(benchmark, name):
     if device == "cuda" and not CUDA:
         pytest.skip("Triton benchmark needs CUDA")
     comps, weights = make_batch(device)
-    benchmark.extra_info.update(role=role, device=device, N=N, G=G, K=K, dtype="float32")
+    benchmark.extra_info.update(role=role, device=device, N=N, G=G, K=K, dtype="float32",
+                                bytes=op_bytes(comps, weights))
+    if device == "cuda":
+        fn(comps, weights, G)  # Triton JIT compile + CUDA context outside the timed rounds
     total, adv = benchmark(fn, comps, weights, G)
     want = per_group_numpy(comps.cpu(), weights.cpu())[1]
     np.testing.assert_allclose(np.asarray(torch.as_tensor(adv).cpu()), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.benchmark(group="fused_reward_advantages_cuda_large")
+@pytest.mark.parametrize("name", ["triton_cuda", "public_op_cuda"])
+def test_fused_reward_advantages_cuda_large(benchmark, name):
+    """The batch tiled LARGE_TILE times on CUDA: achieved bandwidth of the kernel (and the op)."""
+    if not CUDA:
+        pytest.skip("CUDA benchmark")
+    fn = cuda_synced(fused_advantages_triton if name == "triton_cuda" else public_op)
+    comps, weights = make_batch("cuda", tile=LARGE_TILE)
+    benchmark.extra_info.update(role=name, device="cuda", N=N * LARGE_TILE, G=G, K=K, dtype="float32",
+                                bytes=op_bytes(comps, weights))
+    fn(comps, weights, G)
+    total, adv = benchmark(fn, comps, weights, G)
+    want = np.tile(per_group_numpy(*make_batch())[1], LARGE_TILE)  # same groups, tiled
+    np.testing.assert_allclose(adv.cpu().numpy(), want, rtol=1e-4, atol=1e-4)

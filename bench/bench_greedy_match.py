@@ -6,7 +6,13 @@ of entries in [0.7, 0.95) (MiniLM cosine similarities of paraphrases vs unrelate
 
 Group "greedy_match": the baseline is a numpy loop written like the published OP-GRPO code
 (argmax / unravel_index / -inf masking per match); then the PyTorch reference, the public
-``greedy_match`` (C++ custom op incl. validation and dispatch) and the bare ``_C`` call.
+``greedy_match`` (C++ custom op incl. validation and dispatch), the bare ``_C`` call, and on a CUDA
+machine the public op on CUDA tensors (the CUDA kernel when compiled in, one warp per block).
+Group "greedy_match_cuda_large" (CUDA only): the CUDA op on the batch tiled ``LARGE_TILE`` times.
+
+Every member records ``extra_info["bytes"]``: the bytes the op must read (sims, offsets, sizes) and
+write (counts) for its input; ``bench/gpu_report.py`` turns it into GB/s (greedy matching is
+latency-bound - a serial argmax chain per block - so this is far from the card's bandwidth).
 
 Run: ``python -m pytest bench/bench_greedy_match.py --benchmark-only -q -p no:cacheprovider``
 """
@@ -21,6 +27,8 @@ from opgrpo_fast.ops.greedy import greedy_match, greedy_match_reference
 
 N_PROMPTS, N_PER_PROMPT, THRESHOLD = 64, 10, 0.7
 GROUP = "greedy_match"
+LARGE_TILE = 16
+CUDA = torch.cuda.is_available()
 
 
 def make_batch(seed: int = 0):
@@ -65,12 +73,35 @@ def batch():
     return mats, packed, numpy_greedy_loop(mats)
 
 
+def op_bytes(sims, offsets, rows, cols) -> int:
+    """Compulsory traffic of one call: read sims (float32) and the int64 offsets / sizes, write the
+    int64 counts."""
+    n = rows.numel()
+    return sims.numel() * 4 + (n + 1) * 8 + 2 * n * 8 + n * 8
+
+
+def tiled(packed, tile: int, device: str):
+    """The packed batch repeated ``tile`` times (offsets shifted), on ``device``."""
+    sims, offsets, rows, cols = packed
+    sizes = (offsets[1:] - offsets[:-1]).repeat(tile)
+    offs = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)])
+    return tuple(t.to(device) for t in (sims.repeat(tile), offs, rows.repeat(tile), cols.repeat(tile)))
+
+
+def cuda_synced(fn):
+    def run(*args):
+        out = fn(*args)
+        torch.cuda.synchronize()
+        return out
+    return run
+
+
 def _run(benchmark, packed, fn, *args, role=None):
     """Record the batch in extra_info, warm fn up once (first-call costs stay out of the
     calibration), then benchmark it."""
     sims, offsets, *_ = packed
     benchmark.extra_info.update(blocks=len(offsets) - 1, entries=sims.numel(), threshold=THRESHOLD,
-                                threads=torch.get_num_threads())
+                                threads=torch.get_num_threads(), device=sims.device.type, bytes=op_bytes(*packed))
     if role:
         benchmark.extra_info["role"] = role
     fn(*args)
@@ -107,3 +138,33 @@ def test_cpp_core_direct(benchmark, batch):
     out = torch.empty(len(mats), dtype=torch.int64)
     _run(benchmark, packed, _dispatch._C.greedy_match_cpu, *packed, out, THRESHOLD, 0)
     assert out.tolist() == expected
+
+
+def _cuda_role() -> str:
+    from opgrpo_fast.ops.greedy import _cuda_kernel_usable
+
+    return "cuda kernel" if _cuda_kernel_usable() else "reference on cuda (CUDA kernel not built/usable)"
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_cuda_greedy_match(benchmark, batch):
+    """Public entry point on CUDA tensors: validation (one sync) + the CUDA kernel."""
+    if not CUDA:
+        pytest.skip("needs CUDA")
+    mats, packed, expected = batch
+    dev = tiled(packed, 1, "cuda")
+    out = _run(benchmark, dev, cuda_synced(greedy_match), *dev, THRESHOLD, role=_cuda_role())
+    assert out.tolist() == expected
+
+
+@pytest.mark.benchmark(group=GROUP + "_cuda_large")
+def test_cuda_greedy_match_large(benchmark, batch):
+    """The batch tiled LARGE_TILE times on CUDA (10240 blocks)."""
+    if not CUDA:
+        pytest.skip("needs CUDA")
+    if _cuda_role() != "cuda kernel":
+        pytest.skip("CUDA kernel not built/usable: the reference fallback is only timed at the normal size")
+    mats, packed, expected = batch
+    dev = tiled(packed, LARGE_TILE, "cuda")
+    out = _run(benchmark, dev, cuda_synced(greedy_match), *dev, THRESHOLD, role=_cuda_role())
+    assert out.tolist() == expected * LARGE_TILE

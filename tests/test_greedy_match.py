@@ -1,6 +1,8 @@
 """Greedy matching: the C++ op (and CUDA kernel, on a GPU machine) against the PyTorch and
 plain-Python references, the semantics (ties, greedy != optimal), threading, validation,
-torch.compile / opcheck composability and the build (static cudart, imports without a GPU)."""
+torch.compile / opcheck composability and the build (static cudart, imports without a GPU).
+Tests taking a ``device`` argument also run the op on CUDA tensors (marked ``cuda``: skipped without
+a GPU, run by bench/gpu_check.sh); the references always run on CPU."""
 from __future__ import annotations
 
 import shutil
@@ -19,6 +21,8 @@ _C = _dispatch._C
 needs_c = pytest.mark.skipif(not _dispatch.HAS_C, reason="opgrpo_fast._C not built")
 TIE_VALUES = [0.0, 0.5, 0.7, 0.8, 0.9, 1.0]
 AWKWARD = [(0, 3), (4, 0), (0, 0), (1, 1), (7, 33), (33, 7), (3, 5), (8, 12), (2, 2), (1, 9), (9, 1)]
+CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_ONLY)]
 
 
 def pack(blocks: list[torch.Tensor]):
@@ -46,11 +50,16 @@ def random_blocks(n: int, seed: int, dtype=torch.float32) -> list[torch.Tensor]:
     return blocks
 
 
-def all_three(blocks, threshold):
-    """(native op, torch reference, python reference) counts as lists."""
+def on(device, *tensors):
+    """``tensors`` moved to ``device`` (those on the meta device stay there)."""
+    return tuple(t if t.device.type == "meta" else t.to(device) for t in tensors)
+
+
+def all_three(blocks, threshold, device="cpu"):
+    """(native op on ``device`` tensors, torch reference, python reference) counts as lists."""
     sims, offs, rows, cols = pack(blocks)
-    native = greedy_match(sims, offs, rows, cols, threshold)
-    assert native.dtype == torch.int64 and native.shape == (len(blocks),)
+    native = greedy_match(*on(device, sims, offs, rows, cols), threshold)
+    assert native.dtype == torch.int64 and native.shape == (len(blocks),) and native.device.type == device
     ref = greedy_match_reference(sims, offs, rows, cols, threshold)
     py = greedy_match_python([b.float().tolist() for b in blocks], threshold)
     return native.tolist(), ref.tolist(), py
@@ -59,32 +68,38 @@ def all_three(blocks, threshold):
 # ---- equality across implementations ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n", [0, 1, 7, 33, 1025])
-def test_awkward_shapes_all_implementations_agree(n, dtype):
+def test_awkward_shapes_all_implementations_agree(n, dtype, device):
     blocks = random_blocks(n, seed=n, dtype=dtype)
     for threshold in (0.7, 0.8, 0.5) if n < 1025 else (0.7,):
-        native, ref, py = all_three(blocks, threshold)
+        native, ref, py = all_three(blocks, threshold, device)
         assert native == ref == py
 
 
-def test_entry_exactly_at_threshold_and_upcast_rule():
+@pytest.mark.parametrize("device", DEVICES)
+def test_entry_exactly_at_threshold_and_upcast_rule(device):
     block = torch.tensor([[0.7]])
     for thr, want in ((0.7, 1), (0.8, 0), (0.69, 1)):
-        assert all_three([block], thr) == ([want],) * 3
+        assert all_three([block], thr, device) == ([want],) * 3
     # bf16(0.7) = 0.69921875 < float32(0.7): compared in float32, never as bf16 vs bf16(0.7).
-    assert all_three([block.to(torch.bfloat16)], 0.7) == ([0],) * 3
-    assert all_three([block.to(torch.float16)], 0.7) == ([1],) * 3  # fp16(0.7) = 0.7002
-    assert all_three([block.to(torch.bfloat16)], 0.69921875) == ([1],) * 3
+    assert all_three([block.to(torch.bfloat16)], 0.7, device) == ([0],) * 3
+    assert all_three([block.to(torch.float16)], 0.7, device) == ([1],) * 3  # fp16(0.7) = 0.7002
+    assert all_three([block.to(torch.bfloat16)], 0.69921875, device) == ([1],) * 3
 
 
-@pytest.mark.parametrize("shape", [(200, 150), (1, 5000), (5000, 1), (40, 300), (300, 2)])
-def test_large_blocks_heap_paths(shape):
-    """Blocks beyond the C++ stack buffers (entries > 128, rows + cols > 256)."""
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(200, 150), (1, 5000), (5000, 1), (40, 300), (300, 2), (1023, 1), (1000, 25),
+                                   (25, 1000)])
+def test_large_blocks_heap_paths(shape, device):
+    """Blocks beyond the C++ stack buffers (entries > 128, rows + cols > 256) and, on CUDA, around the
+    kernel's shared-memory flag limit (rows + cols <= 1024 in shared memory, beyond in global scratch)."""
     g = torch.Generator().manual_seed(sum(shape))
     blocks = [torch.rand(shape, generator=g), torch.tensor(TIE_VALUES)[torch.randint(6, shape, generator=g)]]
     sims, offs, rows, cols = pack(blocks)
-    assert greedy_match(sims, offs, rows, cols, 0.7).tolist() == greedy_match_reference(sims, offs, rows, cols).tolist()
+    got = greedy_match(*on(device, sims, offs, rows, cols), 0.7).tolist()
+    assert got == greedy_match_reference(sims, offs, rows, cols).tolist()
 
 
 mat_strategy = st.integers(0, 6).flatmap(
@@ -119,16 +134,21 @@ def test_agrees_with_published_numpy_loop():
 # ---- semantics -------------------------------------------------------------------------------
 
 
-def test_greedy_is_not_optimal_assignment():
+@pytest.mark.parametrize("device", DEVICES)
+def test_greedy_is_not_optimal_assignment(device):
     # Greedy takes 0.9 at (0, 0) and is left with 0.1; the optimal assignment (0.8 + 0.8) has 2.
-    assert all_three([torch.tensor([[0.9, 0.8], [0.8, 0.1]])], 0.7) == ([1],) * 3
+    assert all_three([torch.tensor([[0.9, 0.8], [0.8, 0.1]])], 0.7, device) == ([1],) * 3
 
 
-def test_ties_resolve_in_row_major_order():
+@pytest.mark.parametrize("device", DEVICES)
+def test_ties_resolve_in_row_major_order(device):
     # Three tied 0.9s: (0, 0) comes first, leaving only 0.1 -> 1 match (taking (0, 1) would give 2).
-    assert all_three([torch.tensor([[0.9, 0.9], [0.9, 0.1]])], 0.7) == ([1],) * 3
+    assert all_three([torch.tensor([[0.9, 0.9], [0.9, 0.1]])], 0.7, device) == ([1],) * 3
     # Here the first tie (0, 1) leaves (1, 0) = 0.9 -> 2 (the last tie, (1, 1), would give 1).
-    assert all_three([torch.tensor([[0.1, 0.9], [0.9, 0.9]])], 0.7) == ([2],) * 3
+    assert all_three([torch.tensor([[0.1, 0.9], [0.9, 0.9]])], 0.7, device) == ([2],) * 3
+    # A block too large for the CUDA kernel's shared-memory flags (rows + cols > 1024) made of ties only:
+    # the row-major rule matches (i, i) for every i.
+    assert all_three([torch.full((1010, 20), 0.9), torch.full((20, 1010), 0.9)], 0.7, device) == ([20, 20],) * 3
 
 
 @needs_c
@@ -171,12 +191,14 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_raises_clear_value_error(case, backend):
+def test_bad_input_raises_clear_value_error(case, backend, device):
     make, message = BAD_INPUTS[case]
+    args = on(device, *make(*_ok()))
     with use_backend(backend), pytest.raises(ValueError, match=message):
-        greedy_match(*make(*_ok()))
+        greedy_match(*args)
 
 
 def test_nan_threshold_rejected():
@@ -201,15 +223,19 @@ def test_binding_rejects_conversions_and_bad_lengths():
 # ---- composability ---------------------------------------------------------------------------
 
 
-def test_torch_compile_and_opcheck():
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_and_opcheck(device):
     blocks = random_blocks(40, seed=3)
-    sims, offs, rows, cols = pack(blocks)
+    sims, offs, rows, cols = on(device, *pack(blocks))
 
     def fn(s, o, r, c):
         return greedy_match(s, o, r, c, 0.7) * 2 + 1
 
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=False)
     assert torch.equal(compiled(sims, offs, rows, cols), fn(sims, offs, rows, cols))
+    if device == "cuda":  # validation reads the CUDA data (one sync): a graph break before the op
+        torch.library.opcheck(torch.ops.opgrpo_fast.greedy_match.default, (sims, offs, rows, cols, 0.7))
+        return
 
     seen = []  # on CPU the wrapper has no data-dependent step: one graph holding the opaque op
 

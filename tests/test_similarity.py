@@ -1,5 +1,7 @@
-"""pairwise_cosine: Triton kernel (interpreted on CPU) vs vectorised PyTorch vs per-completion
-reference, on awkward ragged shapes, three dtypes, the sequential redundancy rule, and validation.
+"""pairwise_cosine: Triton kernel (interpreted on CPU, native on CUDA) vs vectorised PyTorch vs
+per-completion reference, on awkward ragged shapes, three dtypes, the sequential redundancy rule, and
+validation. Tests taking a ``device`` argument also run on CUDA tensors (marked ``cuda``: skipped
+without a GPU, run by bench/gpu_check.sh); there the float64 truth is still computed on CPU.
 
 Accuracy follows flash-attention's rule: an implementation's error against a float64 reference may
 be at most 2x the error of the same-dtype PyTorch reference, plus a small absolute floor.
@@ -18,8 +20,8 @@ from opgrpo_fast.ops import similarity as sim_ops
 from opgrpo_fast.ops._dispatch import HAS_TRITON, triton_runnable
 
 THR = 0.78
-needs_triton = pytest.mark.skipif(not (HAS_TRITON and triton_runnable(torch.zeros(1))),
-                                  reason="Triton cannot run on CPU tensors here (needs TRITON_INTERPRET=1)")
+CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_ONLY)]
 
 # (candidate counts, reference counts) per completion: N = 0, 1, 7, 33, with 0/1/7/33-sized segments.
 SHAPES = {
@@ -28,6 +30,8 @@ SHAPES = {
     "N7": ([0, 1, 7, 33, 2, 3, 5], [3, 0, 1, 7, 33, 2, 4]),
     "N33": ([0, 1, 7, 33] + [2, 1, 3, 0, 2, 1, 2, 3] * 3 + [1, 2, 0, 1, 2],  # small: the interpreter's
             [3, 0, 33, 7] + [1, 2, 0, 3, 2, 4, 1, 2] * 3 + [2, 1, 3, 0, 1]),  # cost grows with sum(C_i)
+    # CUDA only (far too slow interpreted): segment counts up to MAX_SEGMENTS, the kernel's largest tiles.
+    "MAX": ([MAX_SEGMENTS, 1, 65, 0, MAX_SEGMENTS - 1, 33], [MAX_SEGMENTS, 64, 1, 3, 0, 17]),
 }
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -68,25 +72,44 @@ def assert_flash_rule(out, truth, same_dtype, atol=1e-5):
     assert err <= 2 * ref_err + atol, f"error {err:.3g} > 2 x same-dtype PyTorch error {ref_err:.3g} + {atol}"
 
 
-def implementations():
+def triton_ok(device="cpu") -> bool:
+    """Whether the Triton kernel runs on ``device`` tensors here (CUDA, or CPU under TRITON_INTERPRET=1)."""
+    return HAS_TRITON and triton_runnable(torch.empty(0, device=device))
+
+
+def _auto_op(*args):
+    with ops.use_backend("auto"):
+        return ops.pairwise_cosine(*args)
+
+
+def implementations(device="cpu"):
     impls = {"vectorised": sim_ops.pairwise_cosine_vectorised, "reference": pairwise_cosine_reference}
-    if HAS_TRITON and triton_runnable(torch.zeros(1)):
+    if triton_ok(device):
         impls["triton"] = pairwise_cosine_triton
+    if device == "cuda":  # the public op's dispatch on CUDA tensors (Triton when it imports)
+        impls["auto"] = _auto_op
     return impls
+
+
+def skip_unless_runnable(backend, device):
+    if backend == "triton" and not triton_ok(device):
+        pytest.skip(f"Triton cannot run on {device} tensors here")
 
 
 @pytest.mark.parametrize("d", [8, 384, 33])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", list(SHAPES))
-def test_matches_reference(shape, dtype, d):
+@pytest.mark.parametrize("shape, device", [(s, "cpu") for s in SHAPES if s != "MAX"]
+                         + [pytest.param(s, "cuda", marks=CUDA_ONLY) for s in SHAPES])
+def test_matches_reference(shape, device, dtype, d):
     c_counts, r_counts = SHAPES[shape]
     cand, co, ref, ro = make_batch(c_counts, r_counts, d, dtype, seed=d)
     assert_far_from_threshold(cand, co)
     truth_sims, truth_off, truth_red = pairwise_cosine_reference(cand.double(), co, ref.double(), ro, THR)
     same_dtype_sims = pairwise_cosine_reference(cand, co, ref, ro, THR, upcast=False)[0]
     assert truth_sims.numel() == sum(a * b for a, b in zip(c_counts, r_counts))
-    for name, fn in implementations().items():
-        sims, sim_off, n_red = fn(cand, co, ref, ro, THR)
+    args = [t.to(device) for t in (cand, co, ref, ro)]
+    for name, fn in implementations(device).items():
+        sims, sim_off, n_red = (t.cpu() for t in fn(*args, THR))
         assert sims.dtype == torch.float32 and sim_off.dtype == n_red.dtype == torch.int64, name
         assert torch.equal(sim_off, truth_off), name
         assert torch.equal(n_red, truth_red), name
@@ -110,14 +133,16 @@ def hand_batch():
     return cand, offsets([3, 5, 1, 3]), ref, offsets([2, 0, 1, 1])
 
 
-@pytest.mark.parametrize("backend", ["reference", "native", "triton"])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["reference", "native", "triton", "auto"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_hand_made_sequential_rule(backend, dtype):
-    if backend == "triton" and "triton" not in implementations():
-        pytest.skip("Triton cannot run here")
-    cand, co, ref, ro = hand_batch()
+def test_hand_made_sequential_rule(backend, dtype, device):
+    skip_unless_runnable(backend, device)
+    cand, co, ref, ro = (t.to(device) for t in hand_batch())
     with ops.use_backend(backend):
         sims, sim_off, n_red = ops.pairwise_cosine(cand.to(dtype), co, ref.to(dtype), ro)
+    assert sims.device == cand.device
+    sims = sims.cpu()
     assert n_red.tolist() == [1, 3, 0, 0]
     assert sim_off.tolist() == [0, 6, 6, 7, 10]
     c30 = math.cos(math.radians(30))
@@ -127,27 +152,41 @@ def test_hand_made_sequential_rule(backend, dtype):
     torch.testing.assert_close(sims, torch.tensor(expected), atol=tol, rtol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", ["reference", "native", "triton"])
-def test_batch_without_any_pair(backend):
-    if backend == "triton" and "triton" not in implementations():
-        pytest.skip("Triton cannot run here")
-    cand, co, ref, ro = make_batch([0, 4, 0], [2, 0, 0], 8, torch.float32)
+def test_batch_without_any_pair(backend, device):
+    skip_unless_runnable(backend, device)
+    cand, co, ref, ro = (t.to(device) for t in make_batch([0, 4, 0], [2, 0, 0], 8, torch.float32))
     with ops.use_backend(backend):
         sims, sim_off, n_red = ops.pairwise_cosine(cand, co, ref, ro)
     assert sims.numel() == 0 and sim_off.tolist() == [0, 0, 0, 0] and n_red.shape == (3,)
 
 
-def test_large_segments_fall_back_to_vectorised(monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_large_segments_fall_back_to_vectorised(monkeypatch, device):
     """More than MAX_SEGMENTS candidates: the Triton backend takes the vectorised path."""
-    if "triton" not in implementations():
-        pytest.skip("Triton cannot run here")
+    skip_unless_runnable("triton", device)
     monkeypatch.setattr(sim_ops, "pairwise_cosine_triton", lambda *a, **k: pytest.fail("kernel called"))
     cand, co, ref, ro = make_batch([MAX_SEGMENTS + 2, 3], [2, 1], 8, torch.float32)
     with ops.use_backend("triton"):
-        got = ops.pairwise_cosine(cand, co, ref, ro)
+        got = [t.cpu() for t in ops.pairwise_cosine(*(t.to(device) for t in (cand, co, ref, ro)))]
     want = pairwise_cosine_reference(cand, co, ref, ro)
     assert torch.equal(got[2], want[2])
     torch.testing.assert_close(got[0], want[0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA_ONLY)])
+def test_auto_runs_the_triton_kernel_on_cuda(monkeypatch, device):
+    """On CUDA tensors the default backend must launch the kernel, not quietly take the vectorised path."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    calls = []
+    monkeypatch.setattr(sim_ops, "pairwise_cosine_triton",
+                        lambda *a, **k: calls.append(1) or pairwise_cosine_triton(*a, **k))
+    cand, co, ref, ro = make_batch([3, 5], [2, 4], 16, torch.float32)
+    got = _auto_op(*(t.to(device) for t in (cand, co, ref, ro)))
+    assert calls == [1]
+    assert torch.equal(got[2].cpu(), pairwise_cosine_reference(cand, co, ref, ro)[2])
 
 
 @settings(max_examples=30, deadline=None)
@@ -163,11 +202,12 @@ def test_vectorised_matches_reference_property(counts, d, seed):
     torch.testing.assert_close(got[0], want[0], atol=1e-6, rtol=0)
 
 
-def _bad(**change):
+def _bad(device="cpu", **change):
+    """Valid arguments with ``change`` applied (on CPU), then all moved to ``device``."""
     cand, co, ref, ro = make_batch([2, 1], [1, 2], 8, torch.float32)
     args = dict(cand=cand, cand_offsets=co, ref=ref, ref_offsets=ro)
     args.update({k: (v(args) if callable(v) else v) for k, v in change.items()})
-    return args
+    return {k: v.to(device) for k, v in args.items()}
 
 
 def _with_nan(t):
@@ -189,6 +229,7 @@ def _with_nan(t):
     (dict(cand=lambda a: _with_nan(a["cand"])), "cand contains NaN/inf"),
     (dict(ref=lambda a: a["ref"] / 0), "ref contains NaN/inf"),
 ])
-def test_bad_inputs_raise(change, message):
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_inputs_raise(change, message, device):
     with pytest.raises(ValueError, match=message):
-        ops.pairwise_cosine(**_bad(**change))
+        ops.pairwise_cosine(**_bad(device, **change))
