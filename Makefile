@@ -25,7 +25,7 @@ test: $(STAMP)
 
 # Kernel + end-to-end benchmarks (not part of make test); JSON under bench/results/.
 bench: $(STAMP)
-	$(PY) -m pytest bench -q --benchmark-only --benchmark-json=bench/results/benchmarks.json
+	$(PY) -m pytest bench/bench_*.py -q --benchmark-only --benchmark-json=bench/results/benchmarks.json
 
 # On a CUDA machine only: build with CUDA, GPU tests, op benchmarks → one JSON report.
 gpu-check:

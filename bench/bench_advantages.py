@@ -19,11 +19,11 @@ import torch
 from opgrpo_fast import ops
 from opgrpo_fast.kernels.advantages import fused_advantages_reference, fused_advantages_triton
 from opgrpo_fast.ops.advantages import fused_advantages_vectorised
+from _benchutil import CUDA, cuda_synced, timed
 
 N, G, K, EPS = 10240, 10, 4, 1e-6
 LARGE_TILE = 256
 WEIGHTS = [1.0, 0.5, 1.0, 0.5]
-CUDA = torch.cuda.is_available()
 
 
 def make_batch(device="cpu", tile=1):
@@ -58,14 +58,6 @@ def public_op(comps, weights, group_size=G):
         return ops.fused_reward_advantages(comps, weights, group_size)
 
 
-def cuda_synced(fn):
-    def run(*args):
-        out = fn(*args)
-        torch.cuda.synchronize()
-        return out
-    return run
-
-
 CASES = {  # name: (function, device, role)
     "baseline_per_group_numpy": (per_group_numpy, "cpu", "baseline"),
     "reference_per_group_torch": (fused_advantages_reference, "cpu", "reference"),
@@ -79,14 +71,9 @@ CASES = {  # name: (function, device, role)
 @pytest.mark.parametrize("name", list(CASES))
 def test_fused_reward_advantages(benchmark, name):
     fn, device, role = CASES[name]
-    if device == "cuda" and not CUDA:
-        pytest.skip("Triton benchmark needs CUDA")
-    comps, weights = make_batch(device)
-    benchmark.extra_info.update(role=role, device=device, N=N, G=G, K=K, dtype="float32",
-                                bytes=op_bytes(comps, weights))
-    if device == "cuda":
-        fn(comps, weights, G)  # Triton JIT compile + CUDA context outside the timed rounds
-    total, adv = benchmark(fn, comps, weights, G)
+    comps, weights = make_batch(device if device == "cpu" or CUDA else "cpu")
+    total, adv = timed(benchmark, fn, (comps, weights, G), device, role=role, N=N, G=G, K=K, dtype="float32",
+                       bytes=op_bytes(comps, weights))
     want = per_group_numpy(comps.cpu(), weights.cpu())[1]
     np.testing.assert_allclose(np.asarray(torch.as_tensor(adv).cpu()), want, rtol=1e-4, atol=1e-4)
 
@@ -99,9 +86,7 @@ def test_fused_reward_advantages_cuda_large(benchmark, name):
         pytest.skip("CUDA benchmark")
     fn = cuda_synced(fused_advantages_triton if name == "triton_cuda" else public_op)
     comps, weights = make_batch("cuda", tile=LARGE_TILE)
-    benchmark.extra_info.update(role=name, device="cuda", N=N * LARGE_TILE, G=G, K=K, dtype="float32",
-                                bytes=op_bytes(comps, weights))
-    fn(comps, weights, G)
-    total, adv = benchmark(fn, comps, weights, G)
+    total, adv = timed(benchmark, fn, (comps, weights, G), "cuda", role=name, N=N * LARGE_TILE, G=G, K=K,
+                       dtype="float32", bytes=op_bytes(comps, weights))
     want = np.tile(per_group_numpy(*make_batch())[1], LARGE_TILE)  # same groups, tiled
     np.testing.assert_allclose(adv.cpu().numpy(), want, rtol=1e-4, atol=1e-4)

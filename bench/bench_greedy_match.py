@@ -24,11 +24,11 @@ import torch
 
 from opgrpo_fast.ops import _dispatch
 from opgrpo_fast.ops.greedy import greedy_match, greedy_match_reference
+from _benchutil import CUDA, cuda_synced, timed
 
 N_PROMPTS, N_PER_PROMPT, THRESHOLD = 64, 10, 0.7
 GROUP = "greedy_match"
 LARGE_TILE = 16
-CUDA = torch.cuda.is_available()
 
 
 def make_batch(seed: int = 0):
@@ -88,24 +88,13 @@ def tiled(packed, tile: int, device: str):
     return tuple(t.to(device) for t in (sims.repeat(tile), offs, rows.repeat(tile), cols.repeat(tile)))
 
 
-def cuda_synced(fn):
-    def run(*args):
-        out = fn(*args)
-        torch.cuda.synchronize()
-        return out
-    return run
-
-
 def _run(benchmark, packed, fn, *args, role=None):
     """Record the batch in extra_info, warm fn up once (first-call costs stay out of the
     calibration), then benchmark it."""
     sims, offsets, *_ = packed
-    benchmark.extra_info.update(blocks=len(offsets) - 1, entries=sims.numel(), threshold=THRESHOLD,
-                                threads=torch.get_num_threads(), device=sims.device.type, bytes=op_bytes(*packed))
-    if role:
-        benchmark.extra_info["role"] = role
-    fn(*args)
-    return benchmark(fn, *args)
+    info = {"role": role} if role else {}
+    return timed(benchmark, fn, args, sims.device.type, blocks=len(offsets) - 1, entries=sims.numel(),
+                 threshold=THRESHOLD, threads=torch.get_num_threads(), bytes=op_bytes(*packed), **info)
 
 
 @pytest.mark.benchmark(group=GROUP)

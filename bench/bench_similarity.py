@@ -21,10 +21,10 @@ from opgrpo_fast import ops
 from opgrpo_fast.kernels.similarity import pairwise_cosine_reference, pairwise_cosine_triton
 from opgrpo_fast.ops.similarity import pairwise_cosine_vectorised
 from opgrpo_fast.published import redundant_count
+from _benchutil import CUDA, cuda_synced, timed
 
 N, D, THR = 640, 384, 0.78
 LARGE_TILE = 16
-CUDA = torch.cuda.is_available()
 
 
 def make_batch(device="cpu", tile=1):
@@ -69,14 +69,6 @@ def public_op(*args):
         return ops.pairwise_cosine(*args)
 
 
-def cuda_synced(fn):
-    def run(*args):
-        out = fn(*args)
-        torch.cuda.synchronize()
-        return out
-    return run
-
-
 CASES = {  # name: (function, device, role)
     "baseline_published_loop": (published_style, "cpu", "baseline"),
     "reference_per_completion": (pairwise_cosine_reference, "cpu", "reference"),
@@ -90,14 +82,9 @@ CASES = {  # name: (function, device, role)
 @pytest.mark.parametrize("name", list(CASES))
 def test_pairwise_cosine(benchmark, name):
     fn, device, role = CASES[name]
-    if device == "cuda" and not CUDA:
-        pytest.skip("Triton benchmark needs CUDA")
-    args = make_batch(device)
-    benchmark.extra_info.update(role=role, device=device, N=N, D=D, dtype="float32",
-                                segments=int(args[0].shape[0] + args[2].shape[0]), bytes=op_bytes(*args))
-    if device == "cuda":
-        fn(*args)  # Triton JIT compile + CUDA context outside the timed rounds
-    out = benchmark(fn, *args)
+    args = make_batch(device) if device == "cpu" or CUDA else ()
+    out = timed(benchmark, fn, args, device, role=role, N=N, D=D, dtype="float32",
+                segments=int(args[0].shape[0] + args[2].shape[0]) if args else 0, bytes=op_bytes(*args) if args else 0)
     if name != "baseline_published_loop":  # every member computes the same counts
         want = published_style(*(t.cpu() for t in args))[1]
         assert out[2].cpu().tolist() == want
@@ -111,9 +98,7 @@ def test_pairwise_cosine_cuda_large(benchmark, name):
         pytest.skip("CUDA benchmark")
     fn = cuda_synced(pairwise_cosine_triton if name == "triton_cuda" else public_op)
     args = make_batch("cuda", tile=LARGE_TILE)
-    benchmark.extra_info.update(role=name, device="cuda", N=N * LARGE_TILE, D=D, dtype="float32",
-                                segments=int(args[0].shape[0] + args[2].shape[0]), bytes=op_bytes(*args))
-    fn(*args)
-    out = benchmark(fn, *args)
+    out = timed(benchmark, fn, args, "cuda", role=name, N=N * LARGE_TILE, D=D, dtype="float32",
+                segments=int(args[0].shape[0] + args[2].shape[0]), bytes=op_bytes(*args))
     want = published_style(*(t.cpu() for t in make_batch()))[1] * LARGE_TILE  # same data, tiled
     assert out[2].cpu().tolist() == want
