@@ -1,0 +1,288 @@
+"""Base vs fine-tuned similarity estimator, side by side.
+
+    python -m opgrpo_fast.similarity.evaluate --model DIR [--base MODEL] --triplets T.jsonl --situations S.jsonl --out OUTDIR
+
+Triplet accuracies (share with cos(anchor, positive) > cos(anchor, negative)):
+
+* ``triplets``: the rows of ``--triplets`` (e.g. DIR/eval_triplets.jsonl). Careful with triplets
+  built by the heuristic judge: their positives passed a *base-model* cosine test and their
+  negatives are less similar by construction, so the base model scores near 100% on them;
+* ``name`` (from ``--situations``, no model picks anything): anchor = a perspective's name X,
+  positive = X's explanation, negatives = every other explanation of the same situation;
+* ``sentence`` (same): anchor = the first sentence of a multi-sentence explanation, positive =
+  the rest of it, negatives = every other explanation of the same situation.
+  Everything opener-stripped and keyword-masked, as in training.
+
+Matching accuracies on ``--situations`` (the paper's; greedy one-to-one matching at 0.7 between
+the references, split per perspective and kept as the reward keeps them, and candidate
+sentences split on . ! ? 。！？, keyword-masked as the reward masks candidates):
+
+* candidates = the row's ``response`` / ``completion`` if it has one, else the references
+  themselves, opener-stripped and shuffled. "absolute" = share of items with every reference
+  matched, "relative" = mean matched share. With the references as candidates this is a recall
+  check only: an encoder that calls everything similar scores 100%. So two controls go with it:
+* ``loo_false_match``: one reference's text is left out of the candidates; share of items where
+  that absent reference still reaches the threshold with some candidate sentence, i.e. would be
+  counted as covered when it is not (lower is better, ideal 0); and, threshold-free,
+  ``loo_separation``: the share of present references whose best candidate cosine beats the
+  absent reference's (ties count half; 1 = present and absent perspectives perfectly separated).
+  A model can raise the matching accuracies just by raising all similarities; these two show it;
+* ``cross_false_match``: candidates from another situation; mean matched share (ideal 0).
+
+Writes OUTDIR/report.json and OUTDIR/report.md and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from .. import ops
+from ..data_io import iter_situations
+from ..text import keywords, mask_keywords, tag_gate
+from .common import cli_errors, encode_unit, load_model, perspective_name, prepare_references, split_sentences
+from .train import load_triplets
+
+Triplet = tuple[str, str, str]
+# (metric, higher is better) in table order
+METRICS = [("triplets_accuracy", True), ("name_accuracy", True), ("sentence_accuracy", True),
+           ("match_absolute", True), ("match_relative", True), ("loo_false_match", False), ("loo_separation", True),
+           ("cross_false_match", False)]
+
+
+class CachedEncoder:
+    """``encode_unit`` with memory: every metric asks for its strings, each distinct string is
+    encoded once per model (``prefetch`` does it all in one length-sorted pass)."""
+
+    def __init__(self, model, batch_size: int = 64):
+        self.model, self.batch_size, self.rows, self.emb = model, batch_size, {}, []
+
+    def prefetch(self, texts: list[str]) -> None:
+        new = [t for t in dict.fromkeys(texts) if t not in self.rows]
+        if new:
+            self.emb.append(encode_unit(self.model, new, self.batch_size, progress=len(new) > 1000))
+            base = sum(len(e) for e in self.emb[:-1])
+            self.rows.update({t: base + i for i, t in enumerate(new)})
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        self.prefetch(texts)
+        if not texts:
+            return torch.empty(0, self.emb[0].shape[1] if self.emb else 0)
+        table = torch.cat(self.emb) if len(self.emb) > 1 else self.emb[0]
+        self.emb = [table]
+        return table[torch.tensor([self.rows[t] for t in texts], dtype=torch.long)]
+
+
+def _cached(model, batch_size: int = 64) -> CachedEncoder:
+    return model if isinstance(model, CachedEncoder) else CachedEncoder(model, batch_size)
+
+
+def triplet_accuracy(model, triplets: list[Triplet], batch_size: int = 64) -> dict:
+    """Share of triplets with cos(a, p) > cos(a, n), and the mean margin cos(a, p) - cos(a, n)."""
+    if not triplets:
+        return {"accuracy": None, "margin": None, "n": 0}
+    emb = _cached(model, batch_size)([s for t in triplets for s in t])
+    a, p, n = emb[0::3], emb[1::3], emb[2::3]
+    margin = (a * p).sum(-1) - (a * n).sum(-1)
+    return {"accuracy": float((margin > 0).double().mean()), "margin": float(margin.double().mean()), "n": len(triplets),
+            "wins": (margin > 0)}
+
+
+def derived_triplets(situations: list[dict]) -> dict[str, list[Triplet]]:
+    """The ``name`` and ``sentence`` triplet sets: built from the references alone, every
+    (positive, other-perspective) combination, so no model's similarity chooses what is tested."""
+    name, sentence = [], []
+    for row in situations:
+        kws = keywords(row["situation"])
+        stripped, masked = prepare_references(row["situation"], row["references"])
+        for i, ref in enumerate(row["references"]):
+            others = [masked[j] for j in range(len(masked)) if j != i and masked[j] != masked[i]]
+            label = perspective_name(ref)
+            if label:
+                name.extend((mask_keywords(label, kws), masked[i], o) for o in others)
+            parts = split_sentences(stripped[i])
+            if len(parts) >= 2:
+                first, rest = mask_keywords(parts[0], kws), mask_keywords(" ".join(parts[1:]), kws)
+                sentence.extend((first, rest, o) for o in others)
+    return {"name": name, "sentence": sentence}
+
+
+def _as_candidates(texts: list[str]) -> str:
+    """Join opener-stripped references into one text whose sentence split keeps them apart."""
+    return " ".join(t if t[-1:] in ".!?。！？" else t + "." for t in texts if t)
+
+
+def candidate_sets(situations: list[dict], seed: int = 0) -> dict[str, list[list[str]]]:
+    """Per item, the candidate sentences for "own" (response/completion, else the shuffled
+    references), "loo" (shuffled references minus one; "dropped" is the left-out reference's
+    index) and "cross" (the next situation's references); each sentence masked with the item's
+    own keywords, as the reward does."""
+    own, loo, cross, dropped = [], [], [], []
+    stripped_all = [prepare_references(r["situation"], r["references"])[0] for r in situations]
+    for k, row in enumerate(situations):
+        rng = random.Random(seed * 1_000_003 + k)
+        kws = keywords(row["situation"])
+        mask = lambda text: [mask_keywords(s, kws) for s in split_sentences(text)]  # noqa: E731
+        order = list(range(len(stripped_all[k])))
+        rng.shuffle(order)
+        refs = [stripped_all[k][i] for i in order]
+        response = row.get("response", row.get("completion"))
+        own.append(mask(tag_gate(response)[1] if isinstance(response, str) and response.strip() else _as_candidates(refs)))
+        drop = rng.randrange(len(refs))
+        dropped.append(order[drop])
+        loo.append(mask(_as_candidates(refs[:drop] + refs[drop + 1:])))
+        cross.append(mask(_as_candidates(stripped_all[(k + 1) % len(situations)])) if len(situations) > 1 else [])
+    return {"own": own, "loo": loo, "cross": cross, "dropped": dropped}
+
+
+def match_counts(model, refs: list[list[str]], cands: list[list[str]], threshold: float = 0.7,
+                 batch_size: int = 64) -> torch.Tensor:
+    """Greedy one-to-one match count per item (refs x candidates at cosine >= threshold): one
+    encoder pass for all distinct strings, one ragged ``ops.greedy_match`` call."""
+    emb = _cached(model, batch_size)([s for r in refs for s in r] + [s for c in cands for s in c])
+    n_r = torch.tensor([len(r) for r in refs], dtype=torch.long)
+    n_c = torch.tensor([len(c) for c in cands], dtype=torch.long)
+    ref_emb, cand_emb = emb[: int(n_r.sum())], emb[int(n_r.sum()):]
+    blocks, r0, c0 = [], 0, 0
+    for nr, nc in zip(n_r.tolist(), n_c.tolist()):
+        blocks.append((ref_emb[r0:r0 + nr] @ cand_emb[c0:c0 + nc].T).reshape(-1))
+        r0, c0 = r0 + nr, c0 + nc
+    sizes = n_r * n_c
+    offsets = torch.zeros(len(refs) + 1, dtype=torch.long)
+    torch.cumsum(sizes, 0, out=offsets[1:])
+    sims = torch.cat(blocks) if blocks else torch.empty(0)
+    return ops.greedy_match(sims.float().contiguous(), offsets, n_r, n_c, threshold=threshold)
+
+
+def leave_one_out(model, refs: list[list[str]], dropped: list[int], cands: list[list[str]],
+                  threshold: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per item, with candidates lacking reference ``dropped``: (does the absent reference reach
+    ``threshold`` (float32) with some candidate?, share of present references whose best
+    candidate cosine beats the absent one's, ties half)."""
+    enc = _cached(model)
+    thr = torch.tensor(threshold, dtype=torch.float32)
+    false_match, separation = [], []
+    for r, d, c in zip(refs, dropped, cands):
+        if not c:
+            false_match.append(False)
+            separation.append(0.5)
+            continue
+        best = (enc(r) @ enc(c).T).max(dim=1).values.float()
+        present = torch.cat([best[:d], best[d + 1:]])
+        false_match.append(bool(best[d] >= thr))
+        separation.append(float(((present > best[d]).double() + 0.5 * (present == best[d]).double()).mean())
+                          if len(present) else 0.5)
+    return torch.tensor(false_match), torch.tensor(separation, dtype=torch.float64)
+
+
+def evaluate_model(model, triplets: list[Triplet], situations: list[dict], threshold: float = 0.7, seed: int = 0,
+                   batch_size: int = 64, per_item: bool = False) -> dict:
+    """Every metric for one encoder (None where the input for it was not given). ``per_item``
+    adds ``items``: the per-triplet / per-situation outcomes behind each metric (for paired
+    statistics between models)."""
+    res: dict = {m: None for m, _ in METRICS}
+    counts: dict = {}
+    items: dict[str, torch.Tensor] = {}
+    model = _cached(model, batch_size)
+    derived = derived_triplets(situations) if situations else {}
+    cands = candidate_sets(situations, seed) if situations else {}
+    model.prefetch([s for t in triplets for s in t] + [s for rows in derived.values() for t in rows for s in t]
+                   + [s for row in situations for s in row["references"]]
+                   + [s for kind in ("own", "loo", "cross") for item in cands.get(kind, []) for s in item])
+    if triplets:
+        t = triplet_accuracy(model, triplets, batch_size)
+        res["triplets_accuracy"], res["triplets_margin"] = t["accuracy"], t["margin"]
+        counts["triplets"], items["triplets_accuracy"] = t["n"], t["wins"]
+    if situations:
+        for kind, rows in derived.items():
+            t = triplet_accuracy(model, rows, batch_size)
+            res[f"{kind}_accuracy"], res[f"{kind}_margin"] = t["accuracy"], t["margin"]
+            counts[kind] = t["n"]
+            if t["n"]:
+                items[f"{kind}_accuracy"] = t["wins"]
+        refs = [row["references"] for row in situations]
+        n_ref = torch.tensor([len(r) for r in refs], dtype=torch.float64)
+        m = {kind: match_counts(model, refs, cands[kind], threshold, batch_size).double() for kind in ("own", "cross")}
+        loo_false, loo_sep = leave_one_out(model, refs, cands["dropped"], cands["loo"], threshold)
+        per = {"match_absolute": m["own"] == n_ref, "match_relative": m["own"] / n_ref,
+               "loo_false_match": loo_false, "loo_separation": loo_sep}
+        if len(situations) > 1:
+            per["cross_false_match"] = m["cross"] / n_ref
+        res.update({k: float(v.double().mean()) for k, v in per.items()})
+        items.update(per)
+        counts["situations"] = len(situations)
+    res["counts"] = counts
+    if per_item:
+        res["items"] = items
+    return res
+
+
+def markdown(report: dict) -> str:
+    """Metrics as rows, models as columns, plus the change of the last model vs the first."""
+    names = list(report["models"])
+    lines = ["| metric | " + " | ".join(names) + " | change |", "|---|" + "---:|" * (len(names) + 1)]
+    for metric, higher in METRICS:
+        vals = [report["models"][n].get(metric) for n in names]
+        if all(v is None for v in vals):
+            continue
+        cells = ["–" if v is None else f"{v:.3f}" for v in vals]
+        delta = "" if None in (vals[0], vals[-1]) else f"{vals[-1] - vals[0]:+.3f}"
+        arrow = "higher is better" if higher else "lower is better"
+        lines.append(f"| {metric} ({arrow}) | " + " | ".join(cells) + f" | {delta} |")
+    counts = report["models"][names[0]].get("counts", {})
+    lines.append("")
+    lines.append("n: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"; match threshold {report['threshold']}")
+    return "\n".join(lines)
+
+
+def evaluate(models: dict, triplets: str | Path | list | None = None, situations: str | Path | list | None = None,
+             out: str | Path | None = None, threshold: float = 0.7, seed: int = 0, batch_size: int = 64,
+             on_error: str = "fail") -> dict:
+    """``models``: label -> encoder (path / name / None / SentenceTransformer), in column order."""
+    trip = triplets
+    if isinstance(triplets, (str, Path)):
+        trip = [(r["anchor"], r["positive"], r["negative"]) for r in load_triplets(triplets)]
+    sits = situations
+    if isinstance(situations, (str, Path)):
+        sits = [row for _, row in iter_situations(situations, on_error=on_error)]
+    if not trip and not sits:
+        raise ValueError("evaluate needs triplets and/or situations")
+    report = {"threshold": threshold, "seed": seed, "models": {}}
+    for label, enc in models.items():
+        report["models"][label] = evaluate_model(load_model(enc), trip or [], sits or [], threshold, seed, batch_size)
+    report["markdown"] = markdown(report)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+        (out / "report.md").write_text(report["markdown"] + "\n", encoding="utf-8")
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m opgrpo_fast.similarity.evaluate", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", required=True, help="fine-tuned SentenceTransformer folder")
+    ap.add_argument("--base", default=None, help="base encoder to compare with (default: offline all-MiniLM-L6-v2)")
+    ap.add_argument("--triplets", default=None, help="JSONL triplets (anchor, positive, negative)")
+    ap.add_argument("--situations", default=None, help="situations: JSONL {situation, references[, response]} or CSV prompt,answer")
+    ap.add_argument("--out", required=True, help="folder for report.json and report.md")
+    ap.add_argument("--threshold", type=float, default=0.7, help="matching threshold (the reward's)")
+    ap.add_argument("--seed", type=int, default=0, help="candidate shuffling / leave-one-out seed")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--on-error", default="fail", choices=["fail", "skip"], help="malformed situation row")
+    args = ap.parse_args(argv)
+    if not args.triplets and not args.situations:
+        ap.error("give --triplets and/or --situations")
+    report = evaluate({"base": args.base, "fine-tuned": args.model}, args.triplets, args.situations, args.out,
+                      args.threshold, args.seed, args.batch_size, args.on_error)
+    print(report["markdown"])
+    return report
+
+
+if __name__ == "__main__":
+    with cli_errors():
+        main()
