@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench gpu-check clean
+.PHONY: install demo demo-reward demo-estimator demo-train test bench gpu-check clean
 
 $(STAMP): pyproject.toml CMakeLists.txt $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,18 @@ $(STAMP): pyproject.toml CMakeLists.txt $(wildcard csrc/*)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# The main job on the embedded default, offline on CPU: reward table, similarity-estimator
+# step (build -> fine-tune -> evaluate), then the tiny-cpu trainer (SFT warm start + GRPO).
+demo: demo-reward demo-estimator demo-train
+
+demo-reward: $(STAMP)
 	$(PY) -m opgrpo_fast.demo
+
+demo-estimator: $(STAMP)
+	$(PY) -m opgrpo_fast.similarity.demo --out runs/demo/estimator
+
+demo-train: $(STAMP)
+	$(PY) -m opgrpo_fast.train.demo --output-dir runs/demo/train
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -65,3 +65,18 @@ def test_torchrun_deepspeed_zero2_save_resume_export(tmp_path, tiny_dir):  # noq
 
     assert weights_fingerprint(Wrap()) == pytest.approx(summary["weights_fingerprint_per_rank"][0], rel=1e-12)
     assert fp[0] != summary["weights_fingerprint_per_rank"][0]  # step 3 changed the weights
+
+
+@pytest.mark.slow
+def test_torchrun_deepspeed_zero3_reference_sharded_and_export(tmp_path, tiny_dir):  # noqa: F811
+    """ZeRO-3: policy and (β > 0) reference model sharded, generate() under gathered parameters,
+    and the 16-bit consolidated export loads as one HF model."""
+    out = tmp_path / "z3"
+    torchrun(tiny_args(out, tiny_dir, steps=2, distributed__zero_stage=3, rollout__micro_batch_size=2,
+                       checkpoint__interval=2))
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(r["kl"] == r["kl"] for r in rows)  # KL finite: ref ran
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(out / "step-00000002" / "hf", dtype=torch.float32)
+    assert all(torch.isfinite(p).all() for p in lm.parameters())

@@ -8,7 +8,7 @@
    policy moving to the tagged format within a few dozen steps.
 3. metrics.jsonl, TensorBoard scalars and reward_curves.png under the output dir.
 
-    python -m opgrpo_fast.train.demo [--output-dir runs/demo] [--sft-steps 150] [--grpo-steps 30] [--encoder stub]
+    python -m opgrpo_fast.train.demo [--output-dir runs/demo] [--sft-steps 300] [--grpo-steps 30] [--encoder stub]
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def two_style_data(path: Path) -> Path:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--output-dir", default="runs/demo")
-    ap.add_argument("--sft-steps", type=int, default=150)
+    ap.add_argument("--sft-steps", type=int, default=300)
     ap.add_argument("--grpo-steps", type=int, default=30)
     ap.add_argument("--encoder", default=None, help="'stub' (tests' deterministic encoder) or a path; default MiniLM")
     args = ap.parse_args(argv)
