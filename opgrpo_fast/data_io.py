@@ -25,6 +25,18 @@ def iter_rows(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[tupl
             for row in reader:
                 yield reader.line_num, row
         return
+    for lineno, row, err in _jsonl_records(path):
+        if err is not None:
+            raise DataError(err)
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise DataError(f"{path}:{lineno}: missing field(s) {missing}")
+        yield lineno, row
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    """(line, row, None) per JSON-object line, or (line, None, message naming file:line) for a
+    line that is not one, so callers choose to fail or skip; blank lines are passed over."""
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -32,13 +44,12 @@ def iter_rows(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[tupl
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                yield lineno, None, f"{path}:{lineno}: not valid JSON ({exc.msg})"
+                continue
             if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise DataError(f"{path}:{lineno}: missing field(s) {missing}")
-            yield lineno, row
+                yield lineno, None, f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
+                continue
+            yield lineno, row, None
 
 
 def check_references(path, lineno: int, refs) -> list[str] | str:
@@ -89,21 +100,10 @@ def _raw_situation_records(path: Path) -> Iterator[tuple[int, dict | None, str |
                 else:
                     yield reader.line_num, _from_prompt_answer(row), None
         return
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield lineno, None, f"{path}:{lineno}: not valid JSON ({exc.msg})"
-                continue
-            if not isinstance(row, dict):
-                yield lineno, None, f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
-                continue
-            if "situation" not in row and "prompt" in row and "answer" in row:  # the CSV layout as JSONL
-                row = _from_prompt_answer(row)
-            yield lineno, row, None
+    for lineno, row, err in _jsonl_records(path):
+        if row is not None and "situation" not in row and "prompt" in row and "answer" in row:
+            row = _from_prompt_answer(row)  # the CSV layout as JSONL
+        yield lineno, row, err
 
 
 def _check_situation(path: Path, lineno: int, row: dict) -> dict:

@@ -14,3 +14,14 @@ except Exception:  # pragma: no cover
     _cuda = False
 if not _cuda:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny Qwen2 + BPE built once per test session (the trainer's 'tiny' model)."""
+    from opgrpo_fast.train.model import tiny_model_dir
+
+    return str(tiny_model_dir(str(tmp_path_factory.mktemp("tiny"))).parent)

@@ -1,13 +1,13 @@
 """The four yes/no judges, each with a tiny local model or a local HTTP server (no network, no hub)."""
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
 import torch
 
+from local_server import serve
 from opgrpo_fast.similarity import build_triplets as bt
 from opgrpo_fast.similarity.judges import (QUESTION, HeuristicJudge, HFJudge, JudgeError, NLIJudge, OpenAIJudge,
                                            make_judge)
@@ -150,19 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
 def server(monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    srv.hits, srv.bodies, srv.modes, srv.default_mode = 0, [], [], "ok"
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    stopper = threading.Timer(60.0, srv.shutdown)  # stops by itself even if a test hangs
-    stopper.daemon = True
-    stopper.start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    yield srv
-    stopper.cancel()
-    srv.shutdown()
-    srv.server_close()
+    with serve(_Handler, hits=0, bodies=[], modes=[], default_mode="ok") as srv:
+        yield srv
 
 
 def test_openai_judge_answers(server):

@@ -6,10 +6,11 @@ import json
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from local_server import serve
 from opgrpo_fast.evaluate.judge import (ASPECTS, JudgeClient, JudgeConfig, JudgeFormatError, parse_verdict,
                                         run_judge, summarize_judge)
 
@@ -84,19 +85,8 @@ def _no_proxy_for_loopback(monkeypatch):
 
 @pytest.fixture
 def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), JudgeHandler)
-    srv.daemon_threads = True
-    srv.lock, srv.counts, srv.total, srv.bodies = threading.Lock(), Counter(), 0, []
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    stopper = threading.Timer(60, srv.shutdown)  # stops by itself even if a test hangs
-    stopper.daemon = True
-    stopper.start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    yield srv
-    stopper.cancel()
-    srv.shutdown()
-    srv.server_close()
+    with serve(JudgeHandler, lock=threading.Lock(), counts=Counter(), total=0, bodies=[]) as srv:
+        yield srv
 
 
 def client(srv, **kw):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_loop import tiny_args, tiny_dir  # noqa: F401  (fixture)
+from train_helpers import tiny_args
 
 from opgrpo_fast.train.loop import weights_fingerprint
 from opgrpo_fast.train.metrics import read_metrics
@@ -30,7 +30,7 @@ def _fingerprints(out: Path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_torchrun_ddp_ranks_identical(tmp_path, tiny_dir):  # noqa: F811
+def test_torchrun_ddp_ranks_identical(tmp_path, tiny_dir):
     out = tmp_path / "ddp"
     torchrun(tiny_args(out, tiny_dir, steps=2))
     fp = _fingerprints(out)
@@ -39,7 +39,7 @@ def test_torchrun_ddp_ranks_identical(tmp_path, tiny_dir):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_torchrun_deepspeed_zero2_save_resume_export(tmp_path, tiny_dir):  # noqa: F811
+def test_torchrun_deepspeed_zero2_save_resume_export(tmp_path, tiny_dir):
     out = tmp_path / "ds"
     ds = {"distributed.zero_stage": 2, "rollout.micro_batch_size": 2}  # 2 micro-batches: DeepSpeed accumulates
     torchrun(tiny_args(out, tiny_dir, steps=2, **ds))
@@ -68,7 +68,7 @@ def test_torchrun_deepspeed_zero2_save_resume_export(tmp_path, tiny_dir):  # noq
 
 
 @pytest.mark.slow
-def test_torchrun_deepspeed_zero3_reference_sharded_and_export(tmp_path, tiny_dir):  # noqa: F811
+def test_torchrun_deepspeed_zero3_reference_sharded_and_export(tmp_path, tiny_dir):
     """ZeRO-3: policy and (β > 0) reference model sharded, generate() under gathered parameters,
     and the 16-bit consolidated export loads as one HF model."""
     out = tmp_path / "z3"

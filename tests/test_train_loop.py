@@ -1,6 +1,6 @@
 """The trainer end to end on CPU: resume equality, atomic checkpoints, the qwen2.5-3b preset's wiring
-(shrunk), the SFT warm start, and a learning test. Helpers here are shared by the other
-test_train_* files."""
+(shrunk), the SFT warm start, and a learning test. Shared helpers: tests/train_helpers.py,
+the tiny_dir fixture: tests/conftest.py."""
 import json
 import shutil
 
@@ -12,14 +12,7 @@ from opgrpo_fast.train.config import load_config
 from opgrpo_fast.train.loop import train, weights_fingerprint
 from opgrpo_fast.train.metrics import read_metrics
 
-STUB = "python:stub_encoder:StubEncoder"  # tests/ is on sys.path under pytest (and via PYTHONPATH for torchrun)
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    from opgrpo_fast.train.model import tiny_model_dir
-
-    return str(tiny_model_dir(str(tmp_path_factory.mktemp("tiny"))).parent)
+from train_helpers import STUB, tiny_args  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -29,16 +22,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def tiny_args(out, tiny, steps=2, **over) -> list[str]:
-    """CLI args for a seconds-long tiny-cpu run (stub encoder, short completions)."""
-    opts = {"output-dir": str(out), "max-steps": steps, "model.tiny_cache_dir": tiny, "reward.encoder": STUB,
-            "rollout.num_generations": 2, "rollout.prompts_per_step": 4, "rollout.micro_batch_size": 4,
-            "rollout.max_completion_length": 16, "logging.progress_bar": "false", "logging.tensorboard": "false",
-            "threads": 1}
-    opts.update({k.replace("__", "."): v for k, v in over.items()})
-    return [x for k, v in opts.items() for x in (f"--{k}", str(v))]
 
 
 def test_resume_gives_identical_next_steps(tmp_path, tiny_dir):
