@@ -176,7 +176,10 @@ def train(cfg: TrainConfig) -> dict:
             ro.old_logp = sequence_logprobs(model, ro, sizes["micro"], rc.temperature, autocast)
 
         # ---- 4. policy update -------------------------------------------------------------------------------
-        sums = torch.zeros(4, dtype=torch.float64)  # loss, kl, clipped tokens, grad norm
+        # loss, kl, clipped tokens, grad norm: summed on the device and read once per step, because a
+        # float() per micro-batch is a host sync that drains the GPU queue between micro-batches
+        sums = torch.zeros(4, dtype=torch.float64, device=d.device)
+        no_kl = torch.zeros((), dtype=torch.float64, device=d.device)
         for _epoch in range(rc.ppo_epochs):
             for m in range(sizes["n_minibatches"]):
                 lo = m * sizes["mb_seqs"]
@@ -196,17 +199,17 @@ def train(cfg: TrainConfig) -> dict:
                             model.step()  # DeepSpeed steps optimizer + scheduler only at the accumulation boundary
                         else:
                             loss.backward()
-                    sums[0] += float(loss.detach())
-                    sums[1] += float(s.get("kl", 0.0))
-                    sums[2] += float(s["clipped"])
+                    sums[:3] += torch.stack([loss.detach().double(), s.get("kl", no_kl).double(),
+                                             s["clipped"].double()]).to(sums.device)
                 if ds:
                     sums[3] += float(model.get_global_grad_norm() or 0.0)
                 else:
                     gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
-                    sums[3] += float(gn)
+                    sums[3] += gn.detach().double().to(sums.device)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+        sums = sums.cpu()  # the step's one host sync for the loss metrics
         t3 = time.perf_counter()
 
         # ---- 5. metrics (one all-reduce of a small vector) and checkpoints ---------------------------------
