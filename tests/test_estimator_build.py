@@ -37,8 +37,8 @@ class ScriptedJudge(Judge):
         self.yes = {frozenset(p) for p in yes}
         self.calls = []
 
-    def judge(self, pairs, *, cosines=None, keywords=None):
-        self.calls.append((list(pairs), list(cosines or []), list(keywords or [])))
+    def judge(self, pairs, *, cosines=None, keywords=None, names=None):
+        self.calls.append((list(pairs), list(cosines or []), list(keywords or []), list(names or [])))
         return [frozenset(p) in self.yes for p in pairs]
 
 
@@ -88,9 +88,10 @@ def test_build_record_masks_and_judge_sees_stripped_text(tmp_path):
     assert (row["anchor"], row["positive"], row["negative"]) == (masked[0], masked[1], masked[2])
     assert "[KW]" in row["anchor"] and "perspective" not in row["anchor"]  # "bike" masked, opener gone
     assert row["id"] == "x1" and row["line"] == 1 and row["judge"] == "scripted"
-    pairs, cosines, kws = judge.calls[0]
+    pairs, cosines, kws, names = judge.calls[0]
     assert pairs == [(stripped[0], stripped[1]), (stripped[0], stripped[2])]  # only pairs >= 0.75, unmasked
     assert cosines == pytest.approx([0.9, 0.8]) and kws[0] == keywords(SITUATION)
+    assert names == [("Property", "Ownership"), ("Property", "Trust")]  # each pair's perspective names
 
 
 def test_resume_skips_done_and_recovers_a_torn_line(tmp_path):
@@ -174,7 +175,7 @@ def test_cli_runs_twice_without_duplicates(tmp_path, tiny_encoder, capsys):
     lines = ["prompt,answer"] + [f'"{SITUATION} {k}","' + "\n".join(REFS) + '"' for k in range(4)]
     data.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out" / "t.jsonl"
-    argv = ["--data", str(data), "--out", str(out), "--base", str(tiny_encoder), "--heuristic-min-cos", "-1",
+    argv = ["--data", str(data), "--out", str(out), "--base", str(tiny_encoder), "--judge", "heuristic", "--heuristic-min-cos", "-1",
             "--heuristic-min-overlap", "0.3", "--min-cos", "-1", "--chunk", "3"]  # yes = the (0, 1) word overlap
     first = bt.main(argv)
     assert first["written"] == 4
@@ -187,6 +188,21 @@ def test_cli_runs_twice_without_duplicates(tmp_path, tiny_encoder, capsys):
     assert "4 already done" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bt.main(["--help"])
+
+
+def test_cli_default_names_judge(tmp_path, tiny_encoder):
+    refs = ["In the perspective of Right to property, the owner decides who rides the bike.",
+            "In the perspective of Trust, friends lend freely.",
+            "In the perspective of Respect for property, a bike is not yours to take.",  # same perspective as 0
+            "In the perspective of Safety, brakes may fail."]
+    data = tmp_path / "s.jsonl"
+    data.write_text(json.dumps({"situation": SITUATION, "references": refs}) + "\n")
+    stats = bt.main(["--data", str(data), "--out", str(tmp_path / "t.jsonl"), "--base", str(tiny_encoder),
+                     "--min-cos", "-1"])  # every pair reaches the judge; only the names decide
+    row = json.loads((tmp_path / "t.jsonl").read_text())
+    masked = prepare_references(SITUATION, refs)[1]
+    assert stats["written"] == 1 and row["judge"] == "names"
+    assert {row["anchor"], row["positive"]} == {masked[0], masked[2]} and row["negative"] in (masked[1], masked[3])
 
 
 def test_repeated_reference_is_not_its_own_positive(tmp_path):

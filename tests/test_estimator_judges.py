@@ -9,8 +9,8 @@ import torch
 
 from local_server import serve
 from opgrpo_fast.similarity import build_triplets as bt
-from opgrpo_fast.similarity.judges import (QUESTION, HeuristicJudge, HFJudge, JudgeError, NLIJudge, OpenAIJudge,
-                                           make_judge)
+from opgrpo_fast.similarity.judges import (QUESTION, HeuristicJudge, HFJudge, JudgeError, NameJudge, NLIJudge,
+                                           OpenAIJudge, make_judge)
 
 PAIRS = [("Helping others is kind.", "Being kind to others matters."),
          ("Rules must be followed.", "Saving money is prudent."),
@@ -31,6 +31,45 @@ def test_heuristic_rule():
     with pytest.raises(JudgeError, match="cosines or an encoder"):
         j.judge(pairs)
     assert j.judge([]) == []
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("Right to property", "Respect for property", True),   # framing words (right, respect) do not count
+    ("Property rights", "Right to private property", True),  # {prope} vs {priva, prope}: 1/2
+    ("Autonomy", "Duty to respect autonomy", True),
+    ("Honesty", "Duty to be honest", True),                 # crude stem: hones
+    ("Personal autonomy", "Autonomy", True),
+    ("Freedom of expression", "Freedom of religion", False),  # 1/3
+    ("Justice", "Fairness", False),                         # synonyms without a shared stem: a known miss
+    ("Right to life", "Duty to protect", False),
+    ("Duty to others", "Right of others", False),           # nothing but framing words: no evidence
+])
+def test_name_judge_rule(a, b, same):
+    j = NameJudge()
+    assert j.judge([("x", "y")], names=[(a, b)]) == [same]
+    assert j.judge([("x", "y")], names=[(b, a)]) == [same]  # symmetric
+
+
+def test_name_judge_falls_back_without_names():
+    class Always(HeuristicJudge):
+        def judge(self, pairs, *, cosines=None, keywords=None, **_):
+            self.seen = (list(pairs), list(cosines), list(keywords))
+            return [True] * len(pairs)
+
+    fb = Always()
+    j = NameJudge(fallback=fb)
+    pairs = [("a1", "b1"), ("a2", "b2"), ("a3", "b3")]
+    names = [("Justice", "Fairness"), (None, "Justice"), ("Honesty", "Duty to be honest")]
+    kws = [frozenset({"k1"}), frozenset({"k2"}), frozenset({"k3"})]
+    assert j.judge(pairs, cosines=[0.1, 0.2, 0.3], keywords=kws, names=names) == [False, True, True]
+    assert fb.seen == ([("a2", "b2")], [0.2], [frozenset({"k2"})])  # only the unnamed pair, with its context
+    assert NameJudge(fallback=HeuristicJudge(min_cos=0.5, min_overlap=0.0)).judge(pairs, cosines=[0.9, 0.1, 0.9]) == [
+        True, False, True]  # no names at all: the heuristic rule throughout
+    with pytest.raises(ValueError, match="one entry per pair"):
+        j.judge(pairs, names=names[:2])
+    with pytest.raises(ValueError, match="min_name_overlap"):
+        NameJudge(min_name_overlap=0.0)
+    assert isinstance(make_judge("names"), NameJudge) and make_judge("names", min_name_overlap=1.0).min_name_overlap == 1.0
 
 
 # ---------------------------------------------------------------- (a) local causal LM

@@ -137,6 +137,22 @@ def test_matching_metrics_and_their_controls():
     assert bad["name_accuracy"] == 0.0 and good["counts"] == {"name": 8, "sentence": 1, "situations": 2}
 
 
+def test_calibrated_threshold_undoes_an_inflated_encoder():
+    """Every perspective pulled 0.7225 towards one shared direction: at 0.7 everything absent is
+    "matched"; the calibrated threshold (0.73) removes those false matches and keeps the true ones."""
+    b = (1 - 0.85 ** 2) ** 0.5
+    blurred = StubEncoder({t: [b * x + (0.85 if i == 31 else 0.0) for i, x in enumerate(v)]
+                           for t, v in perfect_stub().table.items()})
+    at07 = ev.evaluate_model(blurred, [], SITS)
+    assert at07["loo_false_match"] == 1.0 and at07["match_relative"] == 1.0
+    cal = ev.calibrate_threshold(blurred, SITS, max_false_match=0.0)
+    assert cal["threshold"] == 0.73 and cal["loo_false_match"] == 0.0 and cal["match_relative"] == 1.0
+    assert ev.calibrate_threshold(Collapsed(), SITS, 0.0)["threshold"] is None  # nothing separates
+    report = ev.evaluate({"base": perfect_stub(), "blurred": blurred}, situations=SITS, calibrate=True)
+    assert report["calibrated"]["max_loo_false_match"] == 0.0 and report["calibrated"]["base"]["threshold"] == 0.7
+    assert report["calibrated"]["blurred"]["threshold"] == 0.73 and "equal false-match rate" in report["markdown"]
+
+
 def test_candidate_text_and_sentence_split():
     assert split_sentences("One. Two! Three? 四。五！六？ seven") == ["One.", "Two!", "Three?", "四。", "五！", "六？", "seven"]
     rows = [dict(SITS[0], response="<core perspectives>\nIn the perspective of Risk, crashes cost. Cars break.\n"
@@ -151,13 +167,30 @@ def test_candidate_text_and_sentence_split():
     assert ev.candidate_sets(rows, seed=0) == c  # seeded
 
 
+def test_leave_one_out_drops_only_a_perspective_no_other_reference_restates():
+    refs = ["In the perspective of Right to property, taking it wrongs the owner.",
+            "In the perspective of Respect for property, the owner decides.",  # restates the first (names)
+            "In the perspective of Safety, nobody gets hurt.",
+            "In the perspective of Honesty, say what you did.",
+            "In the perspective of Duty to be honest, say what you did."]  # restates Honesty
+    assert ev._unrestated(refs) == [2]
+    assert ev._unrestated(["A is good.", "a is good.", "B is bad."]) == [2]  # unnamed: same text only
+    rows = [{"situation": f"case {k}", "references": refs} for k in range(20)]
+    c = ev.candidate_sets(rows, seed=0)
+    assert set(c["dropped"]) == {2}  # whatever the shuffle, only Safety can be left out
+    twins = [{"situation": "s", "references": refs[:2]}]
+    assert ev.candidate_sets(twins * 2, seed=0)["dropped"][0] in (0, 1)  # nothing unrestated: any one
+
+
 def test_evaluate_cli_writes_json_and_markdown(trained, tiny_encoder, tmp_path, capsys):
     out, _ = trained
     sits = tmp_path / "s.jsonl"
     sits.write_text("".join(json.dumps(r) + "\n" for r in SITS))
     report = ev.main(["--model", str(out), "--base", str(tiny_encoder), "--triplets", str(out / "eval_triplets.jsonl"),
-                      "--situations", str(sits), "--out", str(tmp_path / "r")])
+                      "--situations", str(sits), "--out", str(tmp_path / "r"), "--calibrate"])
     saved = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert saved["calibrated"]["base"]["threshold"] == 0.7  # the base at its own false-match rate
+    assert saved["calibrated"]["fine-tuned"].keys() >= {"threshold", "match_relative", "loo_false_match"}
     assert saved["models"].keys() == {"base", "fine-tuned"} == report["models"].keys()
     for metric, _ in ev.METRICS:
         assert all(0.0 <= saved["models"][m][metric] <= 1.0 for m in saved["models"])

@@ -1,6 +1,6 @@
 """Build (anchor, positive, hard negative) triplets from situations' reference perspectives.
 
-    python -m opgrpo_fast.similarity.build_triplets --data IN --out OUT.jsonl [--judge heuristic|hf|openai|nli]
+    python -m opgrpo_fast.similarity.build_triplets --data IN --out OUT.jsonl [--judge names|heuristic|hf|openai|nli]
 
 Per situation (at most one triplet):
 
@@ -13,6 +13,13 @@ Per situation (at most one triplet):
    such candidate is left - the most similar sentence under ``--min-cos``, which the filter's own
    premise already calls different (``negative_judged: false`` marks that case). Of the two
    orientations of the pair, the one with the harder negative is kept.
+
+Judges (``judges.py``): ``hf`` (local causal LM), ``openai`` (chat endpoint), ``nli`` (cross-encoder)
+ask the model; offline, ``names`` (default) compares the perspectives' own names ("Right to
+property" = "Respect for property") and falls back to ``heuristic`` (cosine AND content-word
+overlap) for references without a name. With ``names`` the cosine filter only bounds the work:
+the verdict does not depend on the base model, so ``--min-cos 0.5`` gives ~4x more triplets
+(ValuePrism: 356 vs 94 from 1,200 situations) with no judge cost.
 
 Output rows: ``{"situation", "anchor", "positive", "negative", "cos_pos", "cos_neg",
 "negative_judged", "judge", "line"}`` (masked text: what the estimator trains on). Situations
@@ -34,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..data_io import iter_rows, iter_situations
 from ..text import keywords
-from .common import cli_errors, encode_unit, load_model, prepare_references
+from .common import cli_errors, encode_unit, load_model, perspective_name, prepare_references
 from .judges import JUDGES, Judge, make_judge
 
 MIN_COS = 0.75
@@ -79,11 +86,14 @@ def select_triplet(sims: torch.Tensor, verdicts: dict[tuple[int, int], bool],
     return best if best is not None else "every other sentence judged the same as the pair"
 
 
-def _distinct(stripped: list[str], masked: list[str]) -> tuple[list[str], list[str]]:
-    """Drop repeated sentences (same masked text): a triplet whose anchor equals its positive
-    teaches nothing, and in-batch duplicates confuse the ranking loss."""
+def _prepare(row: dict) -> tuple[list[str], list[str], list[str | None]]:
+    """(opener-stripped, masked, perspective name or None) per reference, repeats dropped: a
+    triplet whose anchor equals its positive teaches nothing, and in-batch duplicates (same masked
+    text) confuse the ranking loss."""
+    stripped, masked = prepare_references(row["situation"], row["references"])
+    names = [perspective_name(r) for r in row["references"]]
     keep = [i for i, m in enumerate(masked) if m not in masked[:i]]
-    return [stripped[i] for i in keep], [masked[i] for i in keep]
+    return [stripped[i] for i in keep], [masked[i] for i in keep], [names[i] for i in keep]
 
 
 def build(rows: Iterable[tuple[int, dict]], encoder, judge: Judge, min_cos: float = MIN_COS, chunk: int = 64,
@@ -96,11 +106,11 @@ def build(rows: Iterable[tuple[int, dict]], encoder, judge: Judge, min_cos: floa
         batch = [r for _, r in zip(range(chunk), rows)]
         if not batch:
             break
-        prepared = [_distinct(*prepare_references(r[1]["situation"], r[1]["references"])) for r in batch]
-        flat = [s for _, masked in prepared for s in masked]
+        prepared = [_prepare(r) for _, r in batch]
+        flat = [s for _, masked, _ in prepared for s in masked]
         emb = encode_unit(encoder, flat, batch_size=batch_size)
-        sims, pairs, ctx_cos, ctx_kw, owners, start = [], [], [], [], [], 0
-        for k, ((_, row), (stripped, masked)) in enumerate(zip(batch, prepared)):
+        sims, pairs, ctx_cos, ctx_kw, ctx_names, owners, start = [], [], [], [], [], [], 0
+        for k, ((_, row), (stripped, masked, names)) in enumerate(zip(batch, prepared)):
             e = emb[start:start + len(masked)]
             start += len(masked)
             s = e @ e.T
@@ -110,8 +120,9 @@ def build(rows: Iterable[tuple[int, dict]], encoder, judge: Judge, min_cos: floa
                 pairs.append((stripped[i], stripped[j]))
                 ctx_cos.append(cos)
                 ctx_kw.append(kws)
+                ctx_names.append((names[i], names[j]))
                 owners.append((k, i, j))
-        answers = judge.judge(pairs, cosines=ctx_cos, keywords=ctx_kw) if pairs else []
+        answers = judge.judge(pairs, cosines=ctx_cos, keywords=ctx_kw, names=ctx_names) if pairs else []
         if len(answers) != len(pairs):
             raise RuntimeError(f"judge {judge.name} returned {len(answers)} answers for {len(pairs)} pairs")
         verdicts: list[dict[tuple[int, int], bool]] = [{} for _ in batch]
@@ -197,7 +208,7 @@ def main(argv: list[str] | None = None) -> Counter:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--data", required=True, help="situations: JSONL {situation, references} or CSV prompt,answer")
     ap.add_argument("--out", required=True, help="triplets JSONL (appended to; situations already there are skipped)")
-    ap.add_argument("--judge", default="heuristic", choices=JUDGES, help="who decides 'same perspective?'")
+    ap.add_argument("--judge", default="names", choices=JUDGES, help="who decides 'same perspective?'")
     ap.add_argument("--judge-model", default=None, help="hf/nli: model path; openai: served model name")
     ap.add_argument("--judge-url", default=None, help="openai: API base, e.g. http://localhost:8000/v1")
     ap.add_argument("--base", default=None, help="base encoder path/name (default: offline all-MiniLM-L6-v2)")
@@ -206,6 +217,8 @@ def main(argv: list[str] | None = None) -> Counter:
     ap.add_argument("--min-cos", type=float, default=MIN_COS, help="base cosine for a pair to reach the judge")
     ap.add_argument("--heuristic-min-cos", type=float, default=0.8, help="heuristic judge: cosine for 'yes'")
     ap.add_argument("--heuristic-min-overlap", type=float, default=0.1, help="heuristic judge: content-word Jaccard for 'yes'")
+    ap.add_argument("--name-min-overlap", type=float, default=0.5,
+                    help="names judge: Jaccard of the perspective names' stems for 'yes'")
     ap.add_argument("--device", default=None, help="encoder / local judge device (default: the library's choice)")
     ap.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
     ap.add_argument("--chunk", type=int, default=64, help="situations per encoder + judge round (and per flush)")
@@ -217,7 +230,8 @@ def main(argv: list[str] | None = None) -> Counter:
 
     encoder = load_model(args.base, args.device)
     judge = make_judge(args.judge, model=args.judge_model, url=args.judge_url, encoder=encoder, device=args.device,
-                       min_cos=args.heuristic_min_cos, min_overlap=args.heuristic_min_overlap)
+                       min_cos=args.heuristic_min_cos, min_overlap=args.heuristic_min_overlap,
+                       min_name_overlap=args.name_min_overlap)
     stats = run(args.data, args.out, judge, encoder, on_error=args.on_error, limit=args.limit, min_cos=args.min_cos,
                 chunk=args.chunk, batch_size=args.batch_size)
     print(f"{stats['written']} triplet(s) written to {args.out}; {stats['rejected']} situation(s) without a triplet "

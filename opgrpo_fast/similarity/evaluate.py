@@ -1,6 +1,6 @@
 """Base vs fine-tuned similarity estimator, side by side.
 
-    python -m opgrpo_fast.similarity.evaluate --model DIR [--base MODEL] --triplets T.jsonl --situations S.jsonl --out OUTDIR
+    python -m opgrpo_fast.similarity.evaluate --model DIR [--base MODEL] --triplets T.jsonl --situations S.jsonl --out OUTDIR [--calibrate]
 
 Triplet accuracies (share with cos(anchor, positive) > cos(anchor, negative)):
 
@@ -21,13 +21,19 @@ sentences split on . ! ? 。！？, keyword-masked as the reward masks candidate
   themselves, opener-stripped and shuffled. "absolute" = share of items with every reference
   matched, "relative" = mean matched share. With the references as candidates this is a recall
   check only: an encoder that calls everything similar scores 100%. So two controls go with it:
-* ``loo_false_match``: one reference's text is left out of the candidates; share of items where
+* ``loo_false_match``: one reference's text is left out of the candidates (one whose perspective
+  no other reference restates, where the item has one: dropping "Right to property" next to
+  "Respect for property" leaves its twin, and matching the twin is right); share of items where
   that absent reference still reaches the threshold with some candidate sentence, i.e. would be
   counted as covered when it is not (lower is better, ideal 0); and, threshold-free,
   ``loo_separation``: the share of present references whose best candidate cosine beats the
   absent reference's (ties count half; 1 = present and absent perspectives perfectly separated).
   A model can raise the matching accuracies just by raising all similarities; these two show it;
 * ``cross_false_match``: candidates from another situation; mean matched share (ideal 0).
+
+``--calibrate`` adds each model at the lowest threshold whose ``loo_false_match`` is no higher
+than the base model's at ``--threshold``: compared there, a gain is better ranking, not looser
+calibration, and the fine-tuned model's threshold is the one to give the reward.
 
 Writes OUTDIR/report.json and OUTDIR/report.md and prints the table.
 """
@@ -42,7 +48,7 @@ import torch
 
 from .. import ops
 from ..data_io import iter_situations
-from ..text import keywords, mask_keywords, tag_gate
+from ..text import keywords, mask_keywords, strip_opener, tag_gate
 from .common import cli_errors, encode_unit, load_model, perspective_name, prepare_references, split_sentences
 from .train import load_triplets
 
@@ -115,6 +121,21 @@ def _as_candidates(texts: list[str]) -> str:
     return " ".join(t if t[-1:] in ".!?。！？" else t + "." for t in texts if t)
 
 
+def _unrestated(references: list[str]) -> list[int]:
+    """Indices of references whose perspective no other reference of the item restates: not the
+    same masked text, and (where both are named) not the same perspective name by
+    :class:`~.judges.NameJudge`'s rule. Leaving out a restated one would leave its twin behind,
+    and matching the twin is right, not a false match."""
+    from .judges import NameJudge
+
+    same = NameJudge().same_name
+    names = [perspective_name(r) for r in references]
+    texts = [strip_opener(r).lower() for r in references]
+    return [i for i in range(len(references))
+            if not any(j != i and (texts[j] == texts[i] or (names[i] and names[j] and same(names[i], names[j])))
+                       for j in range(len(references)))]
+
+
 def candidate_sets(situations: list[dict], seed: int = 0) -> dict[str, list[list[str]]]:
     """Per item, the candidate sentences for "own" (response/completion, else the shuffled
     references), "loo" (shuffled references minus one; "dropped" is the left-out reference's
@@ -131,7 +152,8 @@ def candidate_sets(situations: list[dict], seed: int = 0) -> dict[str, list[list
         refs = [stripped_all[k][i] for i in order]
         response = row.get("response", row.get("completion"))
         own.append(mask(tag_gate(response)[1] if isinstance(response, str) and response.strip() else _as_candidates(refs)))
-        drop = rng.randrange(len(refs))
+        keep = sorted(order.index(i) for i in _unrestated(row["references"]))
+        drop = rng.choice(keep) if keep else rng.randrange(len(refs))
         dropped.append(order[drop])
         loo.append(mask(_as_candidates(refs[:drop] + refs[drop + 1:])))
         cross.append(mask(_as_candidates(stripped_all[(k + 1) % len(situations)])) if len(situations) > 1 else [])
@@ -176,6 +198,30 @@ def leave_one_out(model, refs: list[list[str]], dropped: list[int], cands: list[
         separation.append(float(((present > best[d]).double() + 0.5 * (present == best[d]).double()).mean())
                           if len(present) else 0.5)
     return torch.tensor(false_match), torch.tensor(separation, dtype=torch.float64)
+
+
+def calibrate_threshold(model, situations: list[dict], max_false_match: float, seed: int = 0,
+                        thresholds: list[float] | None = None) -> dict:
+    """The lowest matching threshold (of ``thresholds``, default 0.70, 0.71, ..., 0.99) whose
+    ``loo_false_match`` is at most ``max_false_match``, with the matching accuracies there.
+
+    Fine-tuning moves where "same perspective" starts on the cosine scale, so accuracies at the
+    reward's fixed 0.7 mix better ranking with looser calibration. Compared at an equal false-
+    match rate (e.g. the base model's at 0.7), a gain in ``match_*`` is ranking alone. Also the way
+    to pick ``RewardConfig.match_threshold`` for a new estimator. Returns {"threshold", "match_absolute",
+    "match_relative", "loo_false_match", "items"} (``threshold`` None if none qualifies)."""
+    model = _cached(model)
+    cands = candidate_sets(situations, seed)
+    refs = [row["references"] for row in situations]
+    n_ref = torch.tensor([len(r) for r in refs], dtype=torch.float64)
+    for t in thresholds if thresholds is not None else [round(0.70 + 0.01 * k, 2) for k in range(30)]:
+        false_match, _ = leave_one_out(model, refs, cands["dropped"], cands["loo"], t)
+        if float(false_match.double().mean()) <= max_false_match:
+            matched = match_counts(model, refs, cands["own"], t).double()
+            items = {"match_absolute": matched == n_ref, "match_relative": matched / n_ref}
+            return {"threshold": t, "loo_false_match": float(false_match.double().mean()),
+                    **{k: float(v.double().mean()) for k, v in items.items()}, "items": items}
+    return {"threshold": None, "match_absolute": None, "match_relative": None, "loo_false_match": None, "items": {}}
 
 
 def evaluate_model(model, triplets: list[Triplet], situations: list[dict], threshold: float = 0.7, seed: int = 0,
@@ -240,8 +286,11 @@ def markdown(report: dict) -> str:
 
 def evaluate(models: dict, triplets: str | Path | list | None = None, situations: str | Path | list | None = None,
              out: str | Path | None = None, threshold: float = 0.7, seed: int = 0, batch_size: int = 64,
-             on_error: str = "fail") -> dict:
-    """``models``: label -> encoder (path / name / None / SentenceTransformer), in column order."""
+             on_error: str = "fail", calibrate: bool = False) -> dict:
+    """``models``: label -> encoder (path / name / None / SentenceTransformer), in column order.
+    ``calibrate`` (needs situations): also every model at the lowest threshold whose
+    ``loo_false_match`` is no higher than the first model's at ``threshold``
+    (:func:`calibrate_threshold`), under ``report["calibrated"]``."""
     trip = triplets
     if isinstance(triplets, (str, Path)):
         trip = [(r["anchor"], r["positive"], r["negative"]) for r in load_triplets(triplets)]
@@ -251,9 +300,20 @@ def evaluate(models: dict, triplets: str | Path | list | None = None, situations
     if not trip and not sits:
         raise ValueError("evaluate needs triplets and/or situations")
     report = {"threshold": threshold, "seed": seed, "models": {}}
-    for label, enc in models.items():
-        report["models"][label] = evaluate_model(load_model(enc), trip or [], sits or [], threshold, seed, batch_size)
+    encoders = {label: CachedEncoder(load_model(enc), batch_size) for label, enc in models.items()}
+    for label, enc in encoders.items():
+        report["models"][label] = evaluate_model(enc, trip or [], sits or [], threshold, seed, batch_size)
     report["markdown"] = markdown(report)
+    if calibrate and sits:
+        target = report["models"][next(iter(models))]["loo_false_match"]
+        report["calibrated"] = {"max_loo_false_match": target}
+        for label, enc in encoders.items():
+            cal = calibrate_threshold(enc, sits, target, seed)
+            cal.pop("items")
+            report["calibrated"][label] = cal
+            report["markdown"] += (f"\n{label} at an equal false-match rate (<= {target:.3f}): " + (
+                f"threshold {cal['threshold']:.2f}, absolute {cal['match_absolute']:.3f}, relative "
+                f"{cal['match_relative']:.3f}" if cal["threshold"] is not None else "no threshold up to 0.99 qualifies"))
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -272,13 +332,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", required=True, help="folder for report.json and report.md")
     ap.add_argument("--threshold", type=float, default=0.7, help="matching threshold (the reward's)")
     ap.add_argument("--seed", type=int, default=0, help="candidate shuffling / leave-one-out seed")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="also report each model at the threshold giving the base's false-match rate")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--on-error", default="fail", choices=["fail", "skip"], help="malformed situation row")
     args = ap.parse_args(argv)
     if not args.triplets and not args.situations:
         ap.error("give --triplets and/or --situations")
     report = evaluate({"base": args.base, "fine-tuned": args.model}, args.triplets, args.situations, args.out,
-                      args.threshold, args.seed, args.batch_size, args.on_error)
+                      args.threshold, args.seed, args.batch_size, args.on_error, args.calibrate)
     print(report["markdown"])
     return report
 

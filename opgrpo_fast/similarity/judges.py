@@ -3,13 +3,17 @@
 Every judge has ``judge(pairs, *, cosines=None, keywords=None) -> list[bool]`` over a list of
 ``(statement_a, statement_b)`` pairs, batched; ``cosines`` (the builder's base-model cosine of
 each pair) and ``keywords`` (the situation's keyword set of each pair) are context that only the
-heuristic judge uses. The builder hands judges the opener-stripped, *unmasked* sentences: readable
+heuristic judges use, and so is ``names`` (each pair's two perspective names, ``None`` where a
+reference has no "In the perspective of X," opener). The builder hands judges the opener-stripped, *unmasked* sentences: readable
 text for a language model; the ``[KW]`` masking is for the encoder.
 
 * :class:`HFJudge` - a local causal LM (any transformers path): Yes vs No next-token logits after
   a chat-template prompt;
 * :class:`OpenAIJudge` - an OpenAI-compatible ``/chat/completions`` endpoint (vLLM, TGI, ...);
 * :class:`NLIJudge` - an NLI cross-encoder: entailment in both directions;
+* :class:`NameJudge` - offline, no model: compares the perspectives' own *names* ("In the
+  perspective of Right to property" vs "... of Respect for property"), falling back to the
+  heuristic rule when a reference names none;
 * :class:`HeuristicJudge` - offline, no model: cosine AND content-word overlap (see its docstring
   for what it can and cannot tell apart).
 """
@@ -54,7 +58,8 @@ class Judge:
     name = "judge"
 
     def judge(self, pairs: Sequence[Pair], *, cosines: Sequence[float] | None = None,
-              keywords: Sequence[frozenset[str]] | None = None) -> list[bool]:
+              keywords: Sequence[frozenset[str]] | None = None,
+              names: Sequence[tuple[str | None, str | None]] | None = None) -> list[bool]:
         raise NotImplementedError
 
     def __call__(self, pairs, **context) -> list[bool]:
@@ -94,7 +99,7 @@ class HeuristicJudge(Judge):
     def overlap(a: set[str], b: set[str]) -> float:
         return len(a & b) / len(a | b) if a or b else 0.0
 
-    def judge(self, pairs, *, cosines=None, keywords=None) -> list[bool]:
+    def judge(self, pairs, *, cosines=None, keywords=None, **_) -> list[bool]:
         if not pairs:
             return []
         if cosines is None:
@@ -112,6 +117,71 @@ class HeuristicJudge(Judge):
             jac = self.overlap(self.content_words(a, ignore), self.content_words(b, ignore))
             out.append(bool(cos >= self.min_cos and jac >= self.min_overlap))
         return out
+
+
+class NameJudge(Judge):
+    """Offline judge that reads the perspectives' *names*. Rule, for a pair whose references both
+    open with "In/From the perspective of X,": "yes" iff
+
+        Jaccard(name stems of X_a, name stems of X_b) >= ``min_name_overlap`` (0.5)
+
+    where a name's stems are its lower-cased words minus stopwords and minus :attr:`GENERIC`
+    (the framing words of values / rights / duties: "right", "duty", "respect", "protect", ...),
+    each cut to its first ``stem_len`` (5) letters - a crude stemmer that joins honest/honesty and
+    autonomy/autonomous. So "Right to property" = "Respect for property" = "Property rights",
+    "Autonomy" = "Duty to respect autonomy", "Right to life" = "Sanctity of life"; but "Freedom of
+    expression" != "Freedom of religion" (1/3) and "Justice" != "Fairness". Pairs where a name is
+    missing go to ``fallback`` (default: :class:`HeuristicJudge`).
+
+    Why: the names are ValuePrism's (and the paper's data format's) own statement of which
+    perspective a reference explains, so this judge is independent of any encoder - unlike the
+    cosine rule, it can say "same" about two explanations the base model finds far apart, and
+    "different" about two it finds close. Limits: synonyms with no shared stem ("Justice" /
+    "Fairness", "Safety" / "Duty to protect") are called different, so some hard negatives are
+    really the same perspective; a shared generic-looking word can join two perspectives that
+    differ ("Right to life" / "Quality of life"). On 40 ValuePrism triplets read by hand the
+    positives were all the same perspective.
+    """
+
+    name = "names"
+    GENERIC = frozenset({
+        "right", "rights", "duty", "duties", "respect", "respecting", "perfect", "imperfect", "obligation",
+        "obligations", "moral", "value", "values", "principle", "principles", "other", "others", "one", "one's",
+        "oneself", "people", "person", "individual", "individuals", "promote", "promoting", "protect",
+        "protection", "protecting", "uphold", "upholding", "maintain", "ensure", "avoid", "prevent", "preserve",
+        "preservation"})
+    _WORD = re.compile(r"[a-z][a-z'\-]*")
+
+    def __init__(self, min_name_overlap: float = 0.5, stem_len: int = 5, fallback: Judge | None = None):
+        if not 0.0 < min_name_overlap <= 1.0 or stem_len < 1:
+            raise ValueError(f"NameJudge: min_name_overlap in (0, 1] and stem_len >= 1, got {min_name_overlap}, "
+                             f"{stem_len}")
+        self.min_name_overlap, self.stem_len = min_name_overlap, stem_len
+        self.fallback = fallback if fallback is not None else HeuristicJudge()
+
+    def stems(self, name: str) -> set[str]:
+        sw = stopwords()
+        return {w[:self.stem_len] for w in self._WORD.findall(name.lower())
+                if len(w) > 2 and w not in sw and w not in self.GENERIC}
+
+    def same_name(self, a: str, b: str) -> bool:
+        sa, sb = self.stems(a), self.stems(b)
+        return bool(sa and sb) and len(sa & sb) / len(sa | sb) >= self.min_name_overlap
+
+    def judge(self, pairs, *, cosines=None, keywords=None, names=None) -> list[bool]:
+        if names is not None and len(names) != len(pairs):
+            raise ValueError("NameJudge: names must have one entry per pair")
+        named = [k for k in range(len(pairs)) if names is not None and names[k][0] and names[k][1]]
+        out: list[bool | None] = [None] * len(pairs)
+        for k in named:
+            out[k] = self.same_name(*names[k])
+        rest = [k for k in range(len(pairs)) if out[k] is None]
+        if rest:
+            pick = lambda seq: None if seq is None else [seq[k] for k in rest]  # noqa: E731
+            for k, ans in zip(rest, self.fallback.judge([pairs[k] for k in rest], cosines=pick(cosines),
+                                                        keywords=pick(keywords))):
+                out[k] = ans
+        return [bool(x) for x in out]
 
 
 class HFJudge(Judge):
@@ -281,14 +351,16 @@ class NLIJudge(Judge):
         return [bool(top[i] == self.entail and top[n + i] == self.entail) for i in range(n)]
 
 
-JUDGES = ("heuristic", "hf", "openai", "nli")
+JUDGES = ("names", "heuristic", "hf", "openai", "nli")
 
 
 def make_judge(kind: str, *, model: str | None = None, url: str | None = None, encoder=None, device: str | None = None,
-               min_cos: float = 0.8, min_overlap: float = 0.1, **kwargs) -> Judge:
-    """Build a judge by name; ``model`` is a path (hf, nli) or a served model name (openai)."""
-    if kind == "heuristic":
-        return HeuristicJudge(min_cos=min_cos, min_overlap=min_overlap, encoder=encoder)
+               min_cos: float = 0.8, min_overlap: float = 0.1, min_name_overlap: float = 0.5, **kwargs) -> Judge:
+    """Build a judge by name; ``model`` is a path (hf, nli) or a served model name (openai).
+    ``min_cos`` / ``min_overlap``: the heuristic rule (also ``names``' fallback)."""
+    if kind in ("heuristic", "names"):
+        rule = HeuristicJudge(min_cos=min_cos, min_overlap=min_overlap, encoder=encoder)
+        return rule if kind == "heuristic" else NameJudge(min_name_overlap, fallback=rule)
     if kind in ("hf", "nli") and not model:
         raise JudgeError(f"--judge {kind} needs --judge-model PATH")
     if kind == "hf":
@@ -300,5 +372,5 @@ def make_judge(kind: str, *, model: str | None = None, url: str | None = None, e
     raise ValueError(f"unknown judge {kind!r}; choose one of {JUDGES}")
 
 
-__all__ = ["Judge", "JudgeError", "HeuristicJudge", "HFJudge", "OpenAIJudge", "NLIJudge", "make_judge", "QUESTION",
+__all__ = ["Judge", "JudgeError", "HeuristicJudge", "NameJudge", "HFJudge", "OpenAIJudge", "NLIJudge", "make_judge", "QUESTION",
            "JUDGES"]
