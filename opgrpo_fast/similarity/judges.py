@@ -139,8 +139,10 @@ class NameJudge(Judge):
     "different" about two it finds close. Limits: synonyms with no shared stem ("Justice" /
     "Fairness", "Safety" / "Duty to protect") are called different, so some hard negatives are
     really the same perspective; a shared generic-looking word can join two perspectives that
-    differ ("Right to life" / "Quality of life"). On 40 ValuePrism triplets read by hand the
-    positives were all the same perspective.
+    differ ("Right to life" / "Quality of life"), and so can the 5-letter stem ("Responsibility" /
+    "Duty to be responsive"). Read by hand, 40 ValuePrism triplets built with ``--min-cos 0.5``:
+    37 positives clearly the same perspective, 3 not (those three cases); about 6 negatives
+    arguably the same perspective ("Autonomy" / "Right to personal freedom").
     """
 
     name = "names"
