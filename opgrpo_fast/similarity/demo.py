@@ -37,6 +37,8 @@ def run_demo(out: str | Path, base=None, max_steps: int = 8, batch_size: int = 1
     t0 = time.perf_counter()
     encoder = load_model(base)
     built = out / "triplets.jsonl"
+    for stale in (built, build_triplets.rejected_path(built)):  # a demo builds afresh (the builder would resume)
+        stale.unlink(missing_ok=True)
     stats = build_triplets.run(data_file("demo_situations.jsonl"), built, HeuristicJudge(), encoder, progress=progress)
     times["build_s"] = time.perf_counter() - t0
     rows = train.load_triplets(built) if built.stat().st_size else []
