@@ -179,25 +179,27 @@ def match_counts(model, refs: list[list[str]], cands: list[list[str]], threshold
     return ops.greedy_match(sims.float().contiguous(), offsets, n_r, n_c, threshold=threshold)
 
 
+def absent_best(model, refs: list[list[str]], dropped: list[int], cands: list[list[str]]) -> torch.Tensor:
+    """Per item, the best cosine (float32) between the left-out reference ``dropped`` and the
+    candidates that lack it; -inf where there are no candidates."""
+    enc = _cached(model)
+    return torch.tensor([float((enc(r[d:d + 1]) @ enc(c).T).max()) if c else float("-inf")
+                         for r, d, c in zip(refs, dropped, cands)], dtype=torch.float32)
+
+
 def leave_one_out(model, refs: list[list[str]], dropped: list[int], cands: list[list[str]],
                   threshold: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
     """Per item, with candidates lacking reference ``dropped``: (does the absent reference reach
     ``threshold`` (float32) with some candidate?, share of present references whose best
     candidate cosine beats the absent one's, ties half)."""
     enc = _cached(model)
-    thr = torch.tensor(threshold, dtype=torch.float32)
-    false_match, separation = [], []
-    for r, d, c in zip(refs, dropped, cands):
-        if not c:
-            false_match.append(False)
-            separation.append(0.5)
-            continue
-        best = (enc(r) @ enc(c).T).max(dim=1).values.float()
-        present = torch.cat([best[:d], best[d + 1:]])
-        false_match.append(bool(best[d] >= thr))
-        separation.append(float(((present > best[d]).double() + 0.5 * (present == best[d]).double()).mean())
-                          if len(present) else 0.5)
-    return torch.tensor(false_match), torch.tensor(separation, dtype=torch.float64)
+    absent = absent_best(enc, refs, dropped, cands)
+    separation = []
+    for r, d, c, a in zip(refs, dropped, cands, absent):
+        present = (enc(r[:d] + r[d + 1:]) @ enc(c).T).max(dim=1).values.float() if c and len(r) > 1 else None
+        separation.append(float(((present > a).double() + 0.5 * (present == a).double()).mean())
+                          if present is not None else 0.5)
+    return absent >= torch.tensor(threshold, dtype=torch.float32), torch.tensor(separation, dtype=torch.float64)
 
 
 def calibrate_threshold(model, situations: list[dict], max_false_match: float, seed: int = 0,
@@ -214,8 +216,9 @@ def calibrate_threshold(model, situations: list[dict], max_false_match: float, s
     cands = candidate_sets(situations, seed)
     refs = [row["references"] for row in situations]
     n_ref = torch.tensor([len(r) for r in refs], dtype=torch.float64)
+    absent = absent_best(model, refs, cands["dropped"], cands["loo"])  # once: only the threshold moves
     for t in thresholds if thresholds is not None else [round(0.70 + 0.01 * k, 2) for k in range(30)]:
-        false_match, _ = leave_one_out(model, refs, cands["dropped"], cands["loo"], t)
+        false_match = absent >= torch.tensor(t, dtype=torch.float32)  # as leave_one_out decides it
         if float(false_match.double().mean()) <= max_false_match:
             matched = match_counts(model, refs, cands["own"], t).double()
             items = {"match_absolute": matched == n_ref, "match_relative": matched / n_ref}
