@@ -148,9 +148,7 @@ def run_seed(args, rows: list[dict], seed: int, work: Path, base, judge) -> dict
     md = [f"seed {seed}: {report['data']}", "", evaluate.markdown({"models": res, "threshold": 0.7}), "",
           "| change (fine-tuned - base) | value | paired bootstrap 95% CI |", "|---|---:|---:|"]
     md += [f"| {k} | {v['change']:+.3f} | [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}] |" for k, v in deltas.items()]
-    md.append(f"\nequal false-match rate (loo_false_match <= {target:.3f}, the base's at 0.7): " + "; ".join(
-        f"{n} at threshold {c['threshold']:.2f}: absolute {c['match_absolute']:.3f}, relative {c['match_relative']:.3f}"
-        if c["threshold"] is not None else f"{n}: no threshold qualifies" for n, c in cal.items()))
+    md += ["", evaluate.calibrated_markdown(report["equal_false_match"]) + " (the base's at 0.7)"]
     report["markdown"] = "\n".join(md)
     return report
 

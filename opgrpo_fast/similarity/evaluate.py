@@ -123,7 +123,7 @@ def _as_candidates(texts: list[str]) -> str:
 
 def _unrestated(references: list[str]) -> list[int]:
     """Indices of references whose perspective no other reference of the item restates: not the
-    same masked text, and (where both are named) not the same perspective name by
+    same text (opener stripped, case folded), and (where both are named) not the same perspective name by
     :class:`~.judges.NameJudge`'s rule. Leaving out a restated one would leave its twin behind,
     and matching the twin is right, not a false match."""
     from .judges import NameJudge
@@ -227,6 +227,15 @@ def calibrate_threshold(model, situations: list[dict], max_false_match: float, s
     return {"threshold": None, "match_absolute": None, "match_relative": None, "loo_false_match": None, "items": {}}
 
 
+def calibrated_markdown(calibrated: dict) -> str:
+    """One line for {"max_loo_false_match": target, label: calibrate_threshold(...) result, ...}."""
+    target = calibrated["max_loo_false_match"]
+    return f"equal false-match rate (loo_false_match <= {target:.3f}): " + "; ".join(
+        f"{n} at threshold {c['threshold']:.2f}: absolute {c['match_absolute']:.3f}, relative {c['match_relative']:.3f}"
+        if c["threshold"] is not None else f"{n}: no threshold up to 0.99 qualifies"
+        for n, c in calibrated.items() if n != "max_loo_false_match")
+
+
 def evaluate_model(model, triplets: list[Triplet], situations: list[dict], threshold: float = 0.7, seed: int = 0,
                    batch_size: int = 64, per_item: bool = False) -> dict:
     """Every metric for one encoder (None where the input for it was not given). ``per_item``
@@ -314,9 +323,7 @@ def evaluate(models: dict, triplets: str | Path | list | None = None, situations
             cal = calibrate_threshold(enc, sits, target, seed)
             cal.pop("items")
             report["calibrated"][label] = cal
-            report["markdown"] += (f"\n{label} at an equal false-match rate (<= {target:.3f}): " + (
-                f"threshold {cal['threshold']:.2f}, absolute {cal['match_absolute']:.3f}, relative "
-                f"{cal['match_relative']:.3f}" if cal["threshold"] is not None else "no threshold up to 0.99 qualifies"))
+        report["markdown"] += "\n\n" + calibrated_markdown(report["calibrated"])
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
