@@ -134,7 +134,8 @@ def test_matching_metrics_and_their_controls():
     assert bad["match_absolute"] == 1.0  # recall alone cannot tell the two apart ...
     assert bad["loo_false_match"] == 1.0 and bad["cross_false_match"] == 1.0  # ... the controls can
     assert bad["loo_separation"] == 0.5  # all ties: no separation at all
-    assert bad["name_accuracy"] == 0.0 and good["counts"] == {"name": 8, "sentence": 1, "situations": 2}
+    assert bad["name_accuracy"] == 0.0 and good["counts"] == {"name": 8, "sentence": 1, "restated": 0,
+                                                                   "situations": 2}
 
 
 def test_calibrated_threshold_undoes_an_inflated_encoder():
@@ -174,6 +175,11 @@ def test_leave_one_out_drops_only_a_perspective_no_other_reference_restates():
             "In the perspective of Honesty, say what you did.",
             "In the perspective of Duty to be honest, say what you did."]  # restates Honesty
     assert ev._unrestated(refs) == [2]
+    restated = ev.derived_triplets([{"situation": "case", "references": refs}])["restated"]
+    masked = prepare_references("case", refs)[1]
+    # twins (0, 1) and (3, 4); 3 and 4 have the same text, so only (0, 1) makes triplets, both
+    # ways round, against every reference restating neither 0 nor 1
+    assert sorted(restated) == sorted((masked[a], masked[p], masked[n]) for a, p in ((0, 1), (1, 0)) for n in (2, 3, 4))
     assert ev._unrestated(["A is good.", "a is good.", "B is bad."]) == [2]  # unnamed: same text only
     rows = [{"situation": f"case {k}", "references": refs} for k in range(20)]
     c = ev.candidate_sets(rows, seed=0)
@@ -193,7 +199,9 @@ def test_evaluate_cli_writes_json_and_markdown(trained, tiny_encoder, tmp_path, 
     assert saved["calibrated"]["fine-tuned"].keys() >= {"threshold", "match_relative", "loo_false_match"}
     assert saved["models"].keys() == {"base", "fine-tuned"} == report["models"].keys()
     for metric, _ in ev.METRICS:
-        assert all(0.0 <= saved["models"][m][metric] <= 1.0 for m in saved["models"])
+        if metric != "restated_accuracy":  # SITS has no two references restating one perspective
+            assert all(0.0 <= saved["models"][m][metric] <= 1.0 for m in saved["models"])
+    assert saved["models"]["base"]["restated_accuracy"] is None
     # the tiny model learned the topics: held-out triplets separate better than with the random base
     assert saved["models"]["fine-tuned"]["triplets_accuracy"] > saved["models"]["base"]["triplets_accuracy"]
     md = (tmp_path / "r" / "report.md").read_text()

@@ -10,7 +10,11 @@ Triplet accuracies (share with cos(anchor, positive) > cos(anchor, negative)):
 * ``name`` (from ``--situations``, no model picks anything): anchor = a perspective's name X,
   positive = X's explanation, negatives = every other explanation of the same situation;
 * ``sentence`` (same): anchor = the first sentence of a multi-sentence explanation, positive =
-  the rest of it, negatives = every other explanation of the same situation.
+  the rest of it, negatives = every other explanation of the same situation;
+* ``restated`` (same): anchor / positive = two explanations of one situation whose perspective
+  *names* agree (``NameJudge``'s rule: "Right to property" / "Respect for property"), negatives =
+  every explanation that restates neither - the names judge's question with no model choosing
+  pairs or negatives.
   Everything opener-stripped and keyword-masked, as in training.
 
 Matching accuracies on ``--situations`` (the paper's; greedy one-to-one matching at 0.7 between
@@ -55,8 +59,8 @@ from .train import load_triplets
 Triplet = tuple[str, str, str]
 # (metric, higher is better) in table order
 METRICS = [("triplets_accuracy", True), ("name_accuracy", True), ("sentence_accuracy", True),
-           ("match_absolute", True), ("match_relative", True), ("loo_false_match", False), ("loo_separation", True),
-           ("cross_false_match", False)]
+           ("restated_accuracy", True), ("match_absolute", True), ("match_relative", True), ("loo_false_match", False),
+           ("loo_separation", True), ("cross_false_match", False)]
 
 
 class CachedEncoder:
@@ -98,22 +102,35 @@ def triplet_accuracy(model, triplets: list[Triplet], batch_size: int = 64) -> di
 
 
 def derived_triplets(situations: list[dict]) -> dict[str, list[Triplet]]:
-    """The ``name`` and ``sentence`` triplet sets: built from the references alone, every
-    (positive, other-perspective) combination, so no model's similarity chooses what is tested."""
-    name, sentence = [], []
+    """The ``name``, ``sentence`` and ``restated`` triplet sets: built from the references alone,
+    every (positive, other-perspective) combination, so no model's similarity chooses what is
+    tested. ``restated``: anchor / positive = two references of one item whose perspective names
+    agree by :class:`~.judges.NameJudge`'s rule ("Right to property" / "Respect for property"),
+    negatives = every reference restating neither (both orientations)."""
+    from .judges import NameJudge
+
+    same = NameJudge().same_name
+    name, sentence, restated = [], [], []
     for row in situations:
         kws = keywords(row["situation"])
         stripped, masked = prepare_references(row["situation"], row["references"])
-        for i, ref in enumerate(row["references"]):
+        labels = [perspective_name(ref) for ref in row["references"]]
+        for i, label in enumerate(labels):
             others = [masked[j] for j in range(len(masked)) if j != i and masked[j] != masked[i]]
-            label = perspective_name(ref)
             if label:
                 name.extend((mask_keywords(label, kws), masked[i], o) for o in others)
             parts = split_sentences(stripped[i])
             if len(parts) >= 2:
                 first, rest = mask_keywords(parts[0], kws), mask_keywords(" ".join(parts[1:]), kws)
                 sentence.extend((first, rest, o) for o in others)
-    return {"name": name, "sentence": sentence}
+        twin = [[bool(a and b and i != j and same(a, b)) for j, b in enumerate(labels)] for i, a in enumerate(labels)]
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                if twin[i][j] and masked[i] != masked[j]:
+                    restated.extend((masked[i], masked[j], masked[k]) for k in range(len(labels))
+                                    if k not in (i, j) and not (twin[i][k] or twin[j][k])
+                                    and masked[k] not in (masked[i], masked[j]))
+    return {"name": name, "sentence": sentence, "restated": restated}
 
 
 def _as_candidates(texts: list[str]) -> str:
