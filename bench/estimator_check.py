@@ -48,12 +48,26 @@ from opgrpo_fast.similarity.judges import make_judge
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "valueprism_dev.jsonl"
 
 
-def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, n_boot: int = 2000, seed: int = 0) -> list[float]:
-    """95% interval of mean(b) - mean(a) over items resampled with replacement (paired)."""
+def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, n_boot: int = 2000, seed: int = 0,
+                     clusters: list[int] | None = None) -> list[float]:
+    """95% interval of mean(b) - mean(a), items resampled with replacement (paired). ``clusters``:
+    sizes of consecutive runs of items that belong together (e.g. the triplets of one situation);
+    then whole clusters are resampled, since items within one are not independent."""
     diff = b.double() - a.double()
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(diff), (n_boot, len(diff)), generator=g)
-    means = diff[idx].mean(dim=1)
+    if clusters is None:
+        idx = torch.randint(0, len(diff), (n_boot, len(diff)), generator=g)
+        means = diff[idx].mean(dim=1)
+    else:
+        sizes = torch.tensor(clusters, dtype=torch.float64)
+        if int(sizes.sum()) != len(diff):
+            raise ValueError(f"cluster sizes sum to {int(sizes.sum())}, not to the {len(diff)} items")
+        keep = sizes > 0
+        owner = torch.repeat_interleave(torch.arange(len(clusters)), torch.tensor(clusters))
+        sums = torch.zeros(len(clusters), dtype=torch.float64).index_add_(0, owner, diff)[keep]
+        sizes = sizes[keep]
+        idx = torch.randint(0, len(sizes), (n_boot, len(sizes)), generator=g)
+        means = sums[idx].sum(dim=1) / sizes[idx].sum(dim=1)
     return [float(torch.quantile(means, 0.025)), float(torch.quantile(means, 0.975))]
 
 
@@ -86,10 +100,12 @@ def build_split_triplets(work: Path, splits: dict[str, list[dict]], judge, base,
     return timings
 
 
-def changes(base_items: dict, fine_items: dict, seed: int) -> dict:
-    """{metric: {"change", "ci95"}} for the metrics both models have per-item outcomes for."""
+def changes(base_items: dict, fine_items: dict, seed: int, clusters: dict[str, list[int]] | None = None) -> dict:
+    """{metric: {"change", "ci95"}} for the metrics both models have per-item outcomes for;
+    ``clusters[metric]``: that metric's cluster sizes (see :func:`paired_bootstrap`)."""
+    clusters = clusters or {}
     return {m: {"change": float(fine_items[m].double().mean() - base_items[m].double().mean()),
-                "ci95": paired_bootstrap(base_items[m], fine_items[m], seed=seed)}
+                "ci95": paired_bootstrap(base_items[m], fine_items[m], seed=seed, clusters=clusters.get(m))}
             for m in base_items if m in fine_items}
 
 
@@ -124,7 +140,10 @@ def run_seed(args, rows: list[dict], seed: int, work: Path, base, judge) -> dict
     demo = {n: evaluate.triplet_accuracy(m, demo_trip) for n, m in encoders.items()}
     timings["evaluate_s"] = round(time.perf_counter() - t, 1)
 
-    deltas = changes(res["base"]["items"], res["fine-tuned"]["items"], seed)
+    # the derived triplet sets hold many triplets per situation: resample situations, not triplets
+    per_situation = [{k: len(v) for k, v in evaluate.derived_triplets([row]).items()} for row in held]
+    clusters = {f"{k}_accuracy": [n[k] for n in per_situation] for k in per_situation[0]} if held else {}
+    deltas = changes(res["base"]["items"], res["fine-tuned"]["items"], seed, clusters)
     if cal["fine-tuned"]["threshold"] is not None:
         deltas.update({f"{m} @ equal false-match": v for m, v in
                        changes(cal["base"]["items"], cal["fine-tuned"]["items"], seed).items()})
