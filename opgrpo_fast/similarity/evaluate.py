@@ -107,9 +107,6 @@ def derived_triplets(situations: list[dict]) -> dict[str, list[Triplet]]:
     tested. ``restated``: anchor / positive = two references of one item whose perspective names
     agree by :class:`~.judges.NameJudge`'s rule ("Right to property" / "Respect for property"),
     negatives = every reference restating neither (both orientations)."""
-    from .judges import NameJudge
-
-    same = NameJudge().same_name
     name, sentence, restated = [], [], []
     for row in situations:
         kws = keywords(row["situation"])
@@ -123,7 +120,7 @@ def derived_triplets(situations: list[dict]) -> dict[str, list[Triplet]]:
             if len(parts) >= 2:
                 first, rest = mask_keywords(parts[0], kws), mask_keywords(" ".join(parts[1:]), kws)
                 sentence.extend((first, rest, o) for o in others)
-        twin = [[bool(a and b and i != j and same(a, b)) for j, b in enumerate(labels)] for i, a in enumerate(labels)]
+        twin = _name_twins(labels)
         for i in range(len(labels)):
             for j in range(len(labels)):
                 if twin[i][j] and masked[i] != masked[j]:
@@ -138,19 +135,23 @@ def _as_candidates(texts: list[str]) -> str:
     return " ".join(t if t[-1:] in ".!?。！？" else t + "." for t in texts if t)
 
 
-def _unrestated(references: list[str]) -> list[int]:
-    """Indices of references whose perspective no other reference of the item restates: not the
-    same text (opener stripped, case folded), and (where both are named) not the same perspective name by
-    :class:`~.judges.NameJudge`'s rule. Leaving out a restated one would leave its twin behind,
-    and matching the twin is right, not a false match."""
+def _name_twins(names: list[str | None]) -> list[list[bool]]:
+    """[i][j]: i != j, both named, and the names agree by :class:`~.judges.NameJudge`'s rule."""
     from .judges import NameJudge
 
     same = NameJudge().same_name
-    names = [perspective_name(r) for r in references]
+    return [[bool(a and b and i != j and same(a, b)) for j, b in enumerate(names)] for i, a in enumerate(names)]
+
+
+def _unrestated(references: list[str]) -> list[int]:
+    """Indices of references whose perspective no other reference of the item restates: not the
+    same text (opener stripped, case folded), and (where both are named) not the same perspective
+    name by :class:`~.judges.NameJudge`'s rule. Leaving out a restated one would leave its twin
+    behind, and matching the twin is right, not a false match."""
+    twin = _name_twins([perspective_name(r) for r in references])
     texts = [strip_opener(r).lower() for r in references]
     return [i for i in range(len(references))
-            if not any(j != i and (texts[j] == texts[i] or (names[i] and names[j] and same(names[i], names[j])))
-                       for j in range(len(references)))]
+            if not any(j != i and (texts[j] == texts[i] or twin[i][j]) for j in range(len(references)))]
 
 
 def candidate_sets(situations: list[dict], seed: int = 0) -> dict[str, list[list[str]]]:
